@@ -1,0 +1,71 @@
+"""The training record's fields, and the model card (README.md, HF-hub style) made from it.
+
+The record (`spanish_ft_record.json`) is a JSON object with these keys; producers fill what
+applies and the extension and the fuser read them:
+
+- `format`: 1
+- `kind`: "trained" | "fused"
+- `name`, `family` ("mistral" | "llama2" | "falcon"), `task` ("instrucciones" | "leyes-ec" | "fusionado" | ...)
+- `base_model`: {"name_or_path", "revision"}
+- `base_shape`: {"model_type", "hidden_size", "num_hidden_layers", "vocab_size"}
+- `template`: {"name", "file", "sha256"};  `preset`: webui preset name
+- `dataset`: {"train", "sha256", "rows_kept", "rows_skipped", "rows_dropped", ...}
+- `config`: the full resolved recipe;  `metrics`: {"train_loss", "eval_loss", "tokens_trained", "wall_time_s", ...}
+- `sources` (fused): [{"path", "sha256", "weight", "name"}];  `method`, `error` (fused)
+- `libraries`: {package: version};  `created`: ISO time
+"""
+
+from __future__ import annotations
+
+RECORD_FORMAT = 1
+
+
+def _metrics_table(metrics: dict) -> str:
+    if not metrics:
+        return "_No metrics recorded._\n"
+    rows = "".join(f"| {key} | {value} |\n" for key, value in metrics.items())
+    return "| metric | value |\n| --- | --- |\n" + rows
+
+
+def render_model_card(record: dict) -> str:
+    """A README.md for an adapter folder, from its training record."""
+    base = record.get("base_model", {}).get("name_or_path", "unknown")
+    template = record.get("template", {}).get("name", "?")
+    preset = record.get("preset", template)
+    task = record.get("task", "?")
+    sources = record.get("sources") or []
+    origin = (
+        "Fused exactly from: " + ", ".join(f"`{s.get('name', s.get('path'))}` (weight {s.get('weight')})" for s in sources)
+        if record.get("kind") == "fused"
+        else f"Trained with QLoRA on `{record.get('dataset', {}).get('train', '?')}`."
+    )
+    return f"""---
+base_model: {base}
+library_name: peft
+language:
+- es
+tags:
+- lora
+- spanish_ft
+- {task}
+---
+
+# {record.get('name', 'adapter')}
+
+**Español.** Adaptador LoRA de spanish_ft para `{base}` (familia `{record.get('family', '?')}`, tarea `{task}`).
+En text-generation-webui: elige este adaptador en el menú LoRA de la pestaña Model, usa el modo
+*instruct* con la plantilla `{template}` y el preset `{preset}`.
+Las respuestas sobre leyes ecuatorianas no son asesoría legal.
+
+**English.** A spanish_ft LoRA adapter for `{base}` (family `{record.get('family', '?')}`, task `{task}`).
+In the webui: pick it in the Model tab's LoRA menu, chat in instruct mode with template `{template}`
+and preset `{preset}`. {origin}
+
+## Metrics
+
+{_metrics_table(record.get('metrics', {}))}
+## Provenance
+
+The full record (base model and revision, template sha256, dataset sha256, configuration,
+library versions) is in `spanish_ft_record.json` beside this card.
+"""
