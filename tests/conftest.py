@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny import FAMILIES, build_model_dir  # noqa: E402
+from tiny import FAMILIES, build_model_dir
 
 
 @pytest.fixture(scope="session")

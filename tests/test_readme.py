@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def first_commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     head = text.split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", head, flags=re.S)]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", head, flags=re.DOTALL)]
 
 
 def test_readme_starts_with_two_commands_setup_demo_then_tests():

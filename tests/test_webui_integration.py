@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from tiny import build_model_dir
 
 pytestmark = pytest.mark.webui

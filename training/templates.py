@@ -158,7 +158,7 @@ def load_template(path: str | Path) -> InstructionTemplate:
             "(webui format: `instruction_template: |-` followed by the Jinja template)"
         )
     template = InstructionTemplate(path=path, source=data["instruction_template"], sha256=hashlib.sha256(raw).hexdigest())
-    template._compiled  # compile now so a broken template fails at load time
+    _ = template._compiled  # compile now so a broken template fails at load time
     return template
 
 

@@ -25,8 +25,8 @@ if not hasattr(huggingface_hub, "HfFolder"):  # removed in hub 1.x, still import
 
     huggingface_hub.HfFolder = _HfFolder
 
-import gradio as gr  # noqa: E402
-import gradio_client.utils as gradio_client_utils  # noqa: E402
+import gradio as gr
+import gradio_client.utils as gradio_client_utils
 
 
 def _drop_unknown_kwargs(init):
