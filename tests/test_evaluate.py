@@ -1,0 +1,136 @@
+"""Evaluation: losses, greedy answers and the report, on tiny models with answers known by construction."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.artifacts import RECORD_NAME
+from training.encode import webui_encode
+from training.evaluate import adapter_template, evaluate
+from training.generate import active_variant, answer_loss, generate_answers
+from training.model import choose_pad_token
+from training.report import write_report
+from training.templates import load_template
+
+TEMPLATE = "instruction-templates/spanish_ft-Llama-2-chat.yaml"
+ROWS = [
+    {"instruction": "¿Cuál es la capital de Ecuador?", "input": "", "output": "La capital de Ecuador es Quito."},
+    {"instruction": "¿Qué protege el artículo 71?", "input": "", "output": "Según el artículo 71 de la Constitución, la naturaleza.",
+     "fuente": {"norma": "Constitución de la República del Ecuador", "articulo": "71"}},
+    {"instruction": "Calcula 12 más 30.", "input": "", "output": "12 más 30 es 42."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dirs):
+    path = tiny_model_dirs["llama2"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    choose_pad_token(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return path, model, tokenizer, load_template(TEMPLATE)
+
+
+def make_adapter(base_path, out, seed: int, repo_root):
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), LoraConfig(r=4, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    model.save_pretrained(out)
+    template = {"name": "spanish_ft-Llama-2-chat", "file": TEMPLATE}
+    (out / RECORD_NAME).write_text(json.dumps({"family": "llama2", "template": template}), encoding="utf-8")
+    return out
+
+
+def greedy_one_by_one(model, tokenizer, prompt: str, steps: int) -> str:
+    ids = webui_encode(tokenizer, [prompt])[0]
+    new = []
+    for _ in range(steps):
+        logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1]
+        token = int(logits.argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_batched_left_padded_generation_equals_token_by_token_greedy(tiny):
+    _, model, tokenizer, template = tiny
+    conversations = [[{"role": "user", "content": row["instruction"]}] for row in ROWS]
+    answers = generate_answers(model, tokenizer, template, conversations, max_new_tokens=6, batch_size=3)
+    for conversation, answer in zip(conversations, answers):
+        prompt = template.render(conversation, add_generation_prompt=True)
+        assert answer.text == greedy_one_by_one(model, tokenizer, prompt, 6)
+
+
+def test_answer_loss_is_the_token_weighted_mean_over_answer_tokens(tiny):
+    from training.data import encode_row
+
+    _, model, tokenizer, template = tiny
+    rows = [encode_row(row, "alpaca", tokenizer, template) for row in ROWS]
+    total, count = 0.0, 0
+    for row in rows:  # one row at a time, no padding: the reference computation
+        logits = model(input_ids=torch.tensor([row.input_ids])).logits[0, :-1]
+        labels = torch.tensor(row.labels[1:])
+        keep = labels != -100
+        total += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+        count += int(keep.sum())
+    scores = answer_loss(model, rows, batch_size=2)
+    assert scores["answer_tokens"] == count
+    assert scores["answer_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert scores["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_evaluate_scores_base_and_adapters_and_writes_the_report(tiny, tmp_path, repo_root):
+    base_path, model, tokenizer, template = tiny
+    adapters = [make_adapter(base_path, tmp_path / name, seed, repo_root) for seed, name in enumerate(["a", "b"])]
+    split = tmp_path / "leyes-ec" / "test.jsonl"
+    split.parent.mkdir()
+    split.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
+    results = evaluate(str(base_path), adapters, [str(split)], max_new_tokens=4)
+    task = results["tasks"]["leyes-ec"]
+    assert results["variants"] == ["base", "a", "b"]
+    from training.data import encode_row
+
+    plain = answer_loss(model, [encode_row(r, "alpaca", tokenizer, template) for r in ROWS])
+    # The base variant (adapters disabled) is exactly the plain base model.
+    assert task["scores"]["base"]["answer_loss"] == pytest.approx(plain["answer_loss"], rel=1e-5)
+    assert abs(task["scores"]["a"]["answer_loss"] - plain["answer_loss"]) > 1e-4  # the adapter is active
+    assert 0 <= task["scores"]["a"]["citation_accuracy"] <= 1
+    paths = write_report(results, tmp_path / "report")
+    markdown = paths[0].read_text(encoding="utf-8")
+    assert "## leyes-ec (3 held-out rows" in markdown and "| a |" in markdown
+    assert json.loads(paths[1].read_text(encoding="utf-8"))["variants"] == ["base", "a", "b"]
+    assert paths[2].stat().st_size > 1000
+
+
+def test_active_variant_restores_adapters(tiny, tmp_path, repo_root):
+    from peft import PeftModel
+
+    base_path, _, _, _ = tiny
+    adapter = make_adapter(base_path, tmp_path / "x", 3, repo_root)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(adapter), adapter_name="x")
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with_adapter = model(input_ids=ids).logits
+    with active_variant(model, None):
+        without = model(input_ids=ids).logits
+    assert not torch.allclose(with_adapter, without)
+    assert torch.allclose(model(input_ids=ids).logits, with_adapter)
+
+
+def test_adapter_template_refuses_disagreeing_or_missing_templates(tmp_path):
+    for name, file in (("one", TEMPLATE), ("two", "instruction-templates/spanish_ft-Mistral.yaml")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / RECORD_NAME).write_text(json.dumps({"template": {"file": file}}), encoding="utf-8")
+    with pytest.raises(ValueError, match="different templates"):
+        adapter_template([tmp_path / "one", tmp_path / "two"], None)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="none: no template in its training record"):
+        adapter_template([tmp_path / "none"], None)
+    assert adapter_template([tmp_path / "one"], None).name == "spanish_ft-Llama-2-chat.yaml"
