@@ -166,7 +166,9 @@ def collect_bundle(bundle: Path, target: Target) -> dict[str, tuple[Path, str]]:
               if src.suffix in TRAINING_SUFFIXES and not src.is_relative_to(training / "data")]
     for folder in ("instruction-templates", "presets"):
         pairs += [(src, target.data / folder / src.name) for src in sorted((bundle / folder).glob("*.yaml"))]
-    adapters = sorted(p for p in (bundle / "loras").glob("*") if p.is_dir())
+    # complete adapter folders only: not training work folders (<name>.work) nor hidden temp folders
+    adapters = sorted(p for p in (bundle / "loras").glob("*")
+                      if (p / "adapter_config.json").is_file() and not p.name.startswith("."))
     for adapter in adapters:
         pairs += walk_files(adapter, target.data / "loras" / adapter.name)
     if not pairs:

@@ -24,3 +24,15 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on two shared cores, torch's default of one thread per core
+    oversubscribes and tiny-model steps run ~8x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

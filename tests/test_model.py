@@ -1,0 +1,109 @@
+"""Base model loading: real NF4 on every family (Falcon included), LoRA on the family's layers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import bitsandbytes as bnb
+import pytest
+import torch
+import transformers.models.falcon.modeling_falcon as modeling_falcon
+from torch import nn
+
+from training.config import LoraSettings, ModelSettings, QuantizationSettings
+from training.families import FAMILIES
+from training.model import add_lora, check_adapted_layers, compute_dtype, load_base_model, load_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NF4 = QuantizationSettings(bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto")
+CPU = torch.device("cpu")
+
+
+def settings(family: str, path) -> tuple[ModelSettings, LoraSettings]:
+    model = ModelSettings(base_model=str(path), revision=None, family=family, trust_remote_code=False)
+    return model, LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules=FAMILIES[family].lora_targets)
+
+
+@pytest.mark.parametrize("family", ["llama2", "mistral", "falcon"])
+def test_every_target_layer_is_nf4_and_only_lora_trains(family, tiny_model_dirs):
+    model_settings, lora = settings(family, tiny_model_dirs[family])
+    model = add_lora(load_base_model(model_settings, NF4, True, CPU), lora, bits=4)
+    targets = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in lora.target_modules]
+    assert targets and all(isinstance(m.get_base_layer(), bnb.nn.Linear4bit) for m in targets)
+    assert all(m.get_base_layer().weight.quant_state.quant_type == "nf4" for m in targets)
+    unquantised = [
+        n for n, m in model.named_modules() if type(m) is nn.Linear and "lora_" not in n and "lm_head" not in n
+    ]
+    assert unquantised == []
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert modeling_falcon.FalconLinear is not nn.Linear  # the swap is undone after loading
+
+
+def test_the_check_catches_falcon_layers_left_unquantised(tiny_model_dirs):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    # transformers alone skips FalconLinear (it only replaces exact nn.Linear modules)
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dirs["falcon"], quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": "cpu"}
+    )
+    targets = FAMILIES["falcon"].lora_targets
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=list(targets)))
+    with pytest.raises(RuntimeError, match="not quantised to 4-bit"):
+        check_adapted_layers(model, targets, bits=4)
+
+
+@pytest.mark.parametrize("bits, layer", [(8, bnb.nn.Linear8bitLt), (16, nn.Linear)])
+def test_8_and_16_bit_lora_are_options(bits, layer, tiny_model_dirs):
+    model_settings, lora = settings("mistral", tiny_model_dirs["mistral"])
+    model = add_lora(load_base_model(model_settings, replace(NF4, bits=bits), False, CPU), lora, bits=bits)
+    base_layer = model.base_model.model.model.layers[0].self_attn.q_proj.get_base_layer()
+    assert type(base_layer) is layer
+
+
+def test_wrong_family_or_target_is_named(tiny_model_dirs):
+    model_settings, lora = settings("llama2", tiny_model_dirs["falcon"])
+    with pytest.raises(ValueError, match="model_type 'falcon' is family 'falcon', but the recipe says family: llama2"):
+        load_base_model(model_settings, NF4, False, CPU)
+    model_settings, lora = settings("falcon", tiny_model_dirs["falcon"])
+    with pytest.raises(ValueError, match=r"no layer named \['q_proj'\]"):
+        add_lora(load_base_model(model_settings, NF4, False, CPU), replace(lora, target_modules=("dense", "q_proj")), 4)
+
+
+def test_compute_dtype_is_float32_on_cpu_unless_asked():
+    assert compute_dtype("auto", CPU) == torch.float32
+    assert compute_dtype("bfloat16", CPU) == torch.bfloat16
+
+
+def test_an_evaluation_pass_on_cpu_does_not_break_later_gradients(tiny_model_dirs):
+    model_settings, lora = settings("llama2", tiny_model_dirs["llama2"])
+    model = add_lora(load_base_model(model_settings, NF4, False, CPU), lora, bits=4)
+    ids = torch.tensor([[1, 5, 17, 42, 99, 7, 3]])
+    first_lora = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+    # lora_B starts at zero, so give the adapter a value for gradients to flow through the base layers
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+
+    def gradient():
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return first_lora.grad.clone()
+
+    before = gradient()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what the trainer's evaluation does
+    torch.testing.assert_close(gradient(), before)
+
+
+def test_a_missing_base_model_says_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = ModelSettings(
+        base_model=str(tmp_path / "no-model"), revision=None, family="mistral", trust_remote_code=False
+    )
+    with pytest.raises(ValueError, match="not a local model folder, and the hub did not provide it"):
+        load_tokenizer(missing)

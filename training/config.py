@@ -1,0 +1,305 @@
+"""Training recipes: YAML -> dotted overrides -> jsonschema -> frozen, typed settings.
+
+A recipe is validated against `schema.json` (Draft 2020-12) as a whole and every mistake
+is reported at once with its key path (`lora.rank: 'x' is not of type 'integer'`). Defaults
+come from the schema; the family-dependent ones (template, preset, LoRA targets) from
+`training/families.py`. Files are not required to exist here: data and template paths are
+checked when training starts.
+
+    config = load_config("training/recipes/mistral-instrucciones.yaml", ["lora.rank=8"])
+    config.lora.rank  # 8
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from training.families import FAMILIES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+
+class ConfigError(ValueError):
+    """A recipe with mistakes; `errors` lists each one with its key path."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.errors = errors
+        listing = "\n".join(f"  - {error}" for error in errors)
+        super().__init__(f"{source}: {len(errors)} error(s) in the recipe:\n{listing}")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    base_model: str
+    revision: str | None
+    family: str
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    train: str
+    eval: str | None
+    eval_fraction: float
+    format: str
+    split: str
+    on_error: str
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    bits: int
+    quant_type: str
+    double_quant: bool
+    compute_dtype: str
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: float
+    max_steps: int | None
+    batch_size: int
+    grad_accumulation: int
+    learning_rate: float
+    scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    optimizer: str
+    seed: int
+    logging_steps: int
+    eval_steps: int
+    save_steps: int
+    save_total_limit: int
+    keep_checkpoints: bool
+    early_stopping_patience: int | None
+    gradient_checkpointing: bool
+    report_to: str
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One resolved recipe; each part goes to the function that needs only it."""
+
+    name: str
+    task: str | None
+    template: str
+    preset: str
+    output_dir: Path
+    work_dir: Path
+    resume: bool | str
+    model: ModelSettings
+    data: DataSettings
+    lora: LoraSettings
+    quantization: QuantizationSettings
+    training: TrainingSettings
+    source: str
+    resolved_json: str  # the full resolved recipe, for the training record
+
+    def as_dict(self) -> dict:
+        return json.loads(self.resolved_json)
+
+
+@cache
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override, validate and resolve a recipe; raise ConfigError listing every mistake."""
+    recipe = read_recipe(path)
+    recipe, errors = apply_overrides(recipe, overrides)
+    errors += validate(recipe)
+    if not errors:
+        recipe = fill_defaults(recipe)
+        errors += check_consistency(recipe)
+    if errors:
+        raise ConfigError(str(path), errors)
+    return build_config(recipe, source=str(path))
+
+
+def read_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: recipe not found (recipes ship in {REPO_ROOT / 'training' / 'recipes'})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(str(path), [f"not a valid UTF-8 YAML file: {err}"]) from err
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the recipe must be a YAML mapping of keys (base_model, family, dataset, ...)"])
+    return data
+
+
+def apply_overrides(recipe: dict, overrides) -> tuple[dict, list[str]]:
+    """Apply `key.path=value` overrides (values parsed as YAML); unknown keys are errors."""
+    recipe, errors = copy.deepcopy(recipe), []
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        if not sep or not key:
+            errors.append(f"override {text!r}: expected KEY.PATH=VALUE, e.g. lora.rank=8")
+            continue
+        problem = _unknown_key(key.split("."))
+        if problem:
+            errors.append(f"override {text!r}: {problem}")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            errors.append(f"override {text!r}: the value is not valid YAML: {getattr(err, 'problem', None) or err}")
+            continue
+        *parents, last = key.split(".")
+        target = recipe
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break  # the recipe has a non-mapping here; validation reports it
+        else:
+            target[last] = value
+    return recipe, errors
+
+
+def _unknown_key(parts: list[str]) -> str | None:
+    node, walked = load_schema(), []
+    for part in parts:
+        known = node.get("properties", {})
+        if part not in known:
+            where = f"under {'.'.join(walked)}" if walked else "at the top level"
+            return f"unknown key {'.'.join(walked + [part])!r}; allowed {where}: {', '.join(sorted(known)) or 'none'}"
+        node, walked = known[part], walked + [part]
+    return None
+
+
+def validate(recipe: dict) -> list[str]:
+    """Every schema violation, one line each, prefixed with its key path."""
+    messages = []
+    for error in Draft202012Validator(load_schema()).iter_errors(recipe):
+        path = ".".join(str(part) for part in error.absolute_path)
+        if error.validator == "additionalProperties":
+            allowed = ", ".join(sorted(error.schema.get("properties", {})))
+            for key in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
+                messages.append(f"{_join(path, key)}: unknown key; allowed here: {allowed}")
+        elif error.validator == "required":
+            for key in error.validator_value:
+                if key not in error.instance:
+                    messages.append(f"{_join(path, key)}: required key is missing")
+        else:
+            messages.append(f"{path or '(recipe)'}: {error.message}")
+    return sorted(messages)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def fill_defaults(recipe: dict) -> dict:
+    """A copy of a valid recipe with every default: the schema's, then the family's."""
+    out = _schema_defaults(recipe, load_schema())
+    family = FAMILIES[out["family"]]
+    out["template"] = out["template"] or family.template_file
+    out["preset"] = out["preset"] or family.preset
+    out["lora"]["target_modules"] = out["lora"]["target_modules"] or list(family.lora_targets)
+    out["name"] = out["name"] or Path(out["output_dir"]).name
+    out["work_dir"] = out["work_dir"] or f"{out['output_dir'].rstrip('/')}.work"
+    return out
+
+
+def _schema_defaults(values: dict, schema: dict) -> dict:
+    out = copy.deepcopy(values)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if isinstance(out.get(key), dict) and "properties" in sub:
+            out[key] = _schema_defaults(out[key], sub)
+    return out
+
+
+def check_consistency(recipe: dict) -> list[str]:
+    """Rules that span several keys (the schema checks each key alone)."""
+    data, training, errors = recipe["dataset"], recipe["training"], []
+    has_eval = data["eval"] is not None or data["eval_fraction"] > 0
+    if data["eval"] is not None and data["eval_fraction"] > 0:
+        errors.append("dataset.eval_fraction: give either dataset.eval or dataset.eval_fraction, not both")
+    if training["early_stopping_patience"] is not None:
+        if not has_eval:
+            errors.append(
+                "training.early_stopping_patience: needs evaluation data; set dataset.eval or dataset.eval_fraction"
+            )
+        if training["save_steps"] % training["eval_steps"]:
+            errors.append(
+                f"training.save_steps: must be a multiple of training.eval_steps ({training['eval_steps']}) "
+                "with early stopping, so that the best evaluated step has a checkpoint"
+            )
+    if Path(recipe["work_dir"]).resolve() == Path(recipe["output_dir"]).resolve():
+        errors.append("work_dir: must differ from output_dir (the adapter folder is replaced as a whole)")
+    return errors
+
+
+def build_config(recipe: dict, source: str) -> RunConfig:
+    def section(cls, values: dict):
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    lora = dict(recipe["lora"], target_modules=tuple(recipe["lora"]["target_modules"]))
+    return RunConfig(
+        name=recipe["name"],
+        task=recipe["task"],
+        template=recipe["template"],
+        preset=recipe["preset"],
+        output_dir=Path(recipe["output_dir"]),
+        work_dir=Path(recipe["work_dir"]),
+        resume=recipe["resume"],
+        model=section(ModelSettings, recipe),
+        data=section(DataSettings, recipe["dataset"]),
+        lora=section(LoraSettings, lora),
+        quantization=section(QuantizationSettings, recipe["quantization"]),
+        training=section(TrainingSettings, recipe["training"]),
+        source=source,
+        resolved_json=json.dumps(recipe, ensure_ascii=False, sort_keys=True),
+    )
+
+
+def find_repo_file(text: str) -> Path | None:
+    """A path as given (absolute or relative to CWD) if it exists, else relative to the repo root."""
+    path = Path(text).expanduser()
+    for candidate in (path,) if path.is_absolute() else (path, REPO_ROOT / path):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def describe_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
+    """One line per recipe key: path, allowed values or type, default, description (for --help)."""
+    schema = schema or load_schema()
+    required = set(schema.get("required", []))
+    lines = []
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        if "properties" in sub:
+            lines.append(f"{path}: {sub['description']}")
+            lines += describe_keys(sub, prefix=f"{path}.")
+            continue
+        kind = "|".join(map(str, sub["enum"])) if "enum" in sub else "/".join(_as_list(sub.get("type", "any")))
+        default = "required" if key in required else f"default {json.dumps(sub.get('default'))}"
+        lines.append(f"  {path} ({kind}; {default}): {sub.get('description', '')}")
+    return lines
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]

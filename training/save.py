@@ -1,0 +1,88 @@
+"""The adapter folder a training run leaves: LoRA weights, training record, model card, loss curve.
+
+The folder is written to a temporary sibling and renamed into place, so an interrupted run
+leaves the previous adapter or the new one, never half of one. Only the main process
+writes; under FSDP every process first takes part in gathering the adapter's weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from training.artifacts import RECORD_NAME, atomic_output_dir, library_versions, write_json_atomic
+from training.card import RECORD_FORMAT, render_model_card
+from training.config import RunConfig
+from training.data import PreparedData
+from training.model import fsdp_enabled
+from training.plots import save_loss_plot
+from training.templates import InstructionTemplate
+
+LOSS_PLOT_NAME = "loss.png"
+
+
+def build_record(config: RunConfig, template: InstructionTemplate, data: PreparedData, metrics: dict, model) -> dict:
+    """The training record (fields documented in training/card.py)."""
+    base = model.config
+    return {
+        "format": RECORD_FORMAT,
+        "kind": "trained",
+        "name": config.name,
+        "family": config.model.family,
+        "task": config.task,
+        "base_model": {
+            "name_or_path": config.model.base_model,
+            "revision": config.model.revision or getattr(base, "_commit_hash", None),
+        },
+        "base_shape": {
+            key: getattr(base, key, None) for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+        },
+        "template": {"name": template.name, "file": config.template, "sha256": template.sha256},
+        "preset": config.preset,
+        "dataset": data.record,
+        "config": config.as_dict(),
+        "metrics": metrics,
+        "libraries": library_versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def save_adapter(trainer, config: RunConfig, record: dict) -> Path:
+    """Write the adapter folder atomically; drop the work folder's checkpoints unless kept."""
+    accelerator = trainer.accelerator
+    # Under FSDP the LoRA weights are sharded: gathering them is collective, on every process.
+    state_dict = accelerator.get_state_dict(trainer.model) if fsdp_enabled() else None
+    if accelerator.is_main_process:
+        with atomic_output_dir(config.output_dir) as folder:
+            model = accelerator.unwrap_model(trainer.model)
+            model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+            write_json_atomic(folder / RECORD_NAME, record)
+            # replaces the card PEFT writes with ours, made from the record
+            (folder / "README.md").write_text(render_model_card(record), encoding="utf-8")
+            save_loss_plot(trainer.state.log_history, folder / LOSS_PLOT_NAME, title=config.name)
+            use_default_permissions(folder)
+        if not config.training.keep_checkpoints:
+            remove_checkpoints(config.work_dir)
+    accelerator.wait_for_everyone()
+    return config.output_dir
+
+
+def use_default_permissions(folder: Path) -> None:
+    """Give the folder and its files the umask's usual modes.
+
+    The temporary folder is created private (0700) and safetensors writes its file 0600, but
+    an adapter is meant to be copied into a webui that may run as another user.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def remove_checkpoints(work_dir: Path) -> None:
+    """Delete `checkpoint-*` folders (TensorBoard logs stay) once the adapter is safely written."""
+    for checkpoint in Path(work_dir).glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
