@@ -27,18 +27,23 @@ def _metrics_table(metrics: dict) -> str:
     return "| metric | value |\n| --- | --- |\n" + rows
 
 
+def _origin(record: dict) -> str:
+    if record.get("kind") != "fused":
+        return f"Trained with QLoRA on `{(record.get('dataset') or {}).get('train', '?')}`."
+    sources = ", ".join(f"`{s.get('name', s.get('path'))}` (weight {s.get('weight')})" for s in record.get("sources", []))
+    if record.get("method", "cat") == "cat":
+        return f"Fused exactly (rank concatenation) from: {sources}."
+    error = (record.get("error") or {}).get("relative_frobenius")
+    return f"Fused by SVD to rank {record.get('rank')} (relative error of the delta {error}) from: {sources}."
+
+
 def render_model_card(record: dict) -> str:
     """A README.md for an adapter folder, from its training record."""
-    base = record.get("base_model", {}).get("name_or_path", "unknown")
-    template = record.get("template", {}).get("name", "?")
-    preset = record.get("preset", template)
+    base = (record.get("base_model") or {}).get("name_or_path", "unknown")
+    template = (record.get("template") or {}).get("name", "?")
+    preset = record.get("preset") or template
     task = record.get("task", "?")
-    sources = record.get("sources") or []
-    origin = (
-        "Fused exactly from: " + ", ".join(f"`{s.get('name', s.get('path'))}` (weight {s.get('weight')})" for s in sources)
-        if record.get("kind") == "fused"
-        else f"Trained with QLoRA on `{record.get('dataset', {}).get('train', '?')}`."
-    )
+    origin = _origin(record)
     return f"""---
 base_model: {base}
 library_name: peft
