@@ -1,0 +1,174 @@
+"""The memory estimator: parameter counts, LoRA sizes and saved activations against real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, FalconConfig, LlamaConfig
+
+from training.__main__ import main
+from training.families import FAMILIES
+from training.memory import GIB, estimate, load_model_config
+from training.memory_activations import layer_saved_bytes
+from training.memory_arch import architecture_of
+
+SEVEN_B = {"mistral-7b": 7.24e9, "llama2-7b": 6.74e9, "falcon-7b": 6.92e9, "llama3-8b": 8.03e9}
+
+# Shapes the shipped tiny models do not cover: Falcon's new decoder architecture (grouped KV,
+# two norms), Falcon without parallel attention and with biases, Llama with biases and tied embeddings.
+VARIANTS = {
+    "falcon-new-arch": FalconConfig(vocab_size=300, hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                                    new_decoder_architecture=True, num_kv_heads=2, parallel_attn=True, bias=False),
+    "falcon-sequential": FalconConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      multi_query=False, parallel_attn=False, bias=True),
+    "llama-biased-tied": LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=1, attention_bias=True,
+                                     mlp_bias=True, tie_word_embeddings=True),
+}
+
+
+def _config(model_dir) -> dict:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["llama2", "mistral", "falcon"])
+def test_parameter_count_matches_the_real_tiny_model(tiny_model_dirs, family):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family])
+    assert architecture_of(_config(tiny_model_dirs[family])).total_params == model.num_parameters()
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_parameter_count_matches_other_shapes_of_the_families(name):
+    model = AutoModelForCausalLM.from_config(VARIANTS[name])
+    assert architecture_of(VARIANTS[name].to_dict()).total_params == model.num_parameters()
+
+
+@pytest.mark.parametrize("name", sorted(SEVEN_B))
+def test_parameter_count_of_the_7b_configs_matches_the_published_size(name):
+    assert architecture_of(load_model_config(name)).total_params == pytest.approx(SEVEN_B[name], rel=0.01)
+
+
+@pytest.mark.parametrize("family", ["llama2", "mistral", "falcon"])
+def test_lora_size_matches_peft_trainable_parameters(tiny_model_dirs, family):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family])
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=list(FAMILIES[family].lora_targets)))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    result = estimate(_config(tiny_model_dirs[family]), "qlora", 4, 64, 2, 8, device="cpu")
+    assert result.trainable_params == trainable
+    assert result.breakdown["lora_weights"] == 4 * trainable  # fp32, as PEFT keeps them
+
+
+def _saved_bytes_of_layer(model, layer, batch: int, seq_len: int) -> int:
+    """Bytes of the distinct tensors autograd first saves while `layer` runs forward.
+
+    Parameters, and tensors that earlier layers saved too (the rotary cos/sin), are not the layer's.
+    """
+    earlier = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen, inside = {}, [False]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if not inside[0]:
+            earlier.add(storage.data_ptr())
+        elif storage.data_ptr() not in earlier:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    layer.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+    layer.register_forward_hook(lambda *_: inside.__setitem__(0, False))
+    ids = torch.randint(5, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, : seq_len // 4] = 0 if batch > 1 else 1  # several rows: the first one is padded
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids, attention_mask=mask, labels=ids)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family,batch,dropout", [
+    ("llama2", 2, 0.0), ("llama2", 1, 0.0), ("mistral", 2, 0.1), ("falcon", 2, 0.0), ("falcon", 2, 0.1),
+])
+def test_saved_activations_of_a_layer_match_autograd(tiny_model_dirs, family, batch, dropout):
+    """QLoRA on the CPU (NF4, fp32 compute): the named terms add up to what autograd really keeps."""
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.float32,
+                                                 quantization_config=quant)
+    lora = LoraConfig(r=8, lora_dropout=dropout, target_modules=list(FAMILIES[family].lora_targets))
+    model = get_peft_model(model, lora).train()
+    # the last layer: its input requires grad (the first layer's input, an embedding, does not)
+    layer = model.get_decoder().layers[-1] if family != "falcon" else model.base_model.model.transformer.h[-1]
+    measured = _saved_bytes_of_layer(model, layer, batch, 48)
+    terms = layer_saved_bytes(architecture_of(_config(tiny_model_dirs[family])), "qlora", batch, 48, 8, dropout, 4,
+                              "cpu")
+    # Falcon's math attention also saves two int64 scalars (shapes), 16 bytes
+    assert measured - sum(terms.values()) in (0, 16), terms
+
+
+def test_four_bit_weights_are_under_a_third_of_sixteen_bit():
+    for name in ("mistral-7b", "llama2-7b", "falcon-7b"):
+        config = load_model_config(name)
+        four = estimate(config, "inference", 4, 1, 1, 1).breakdown
+        sixteen = estimate(config, "inference", 16, 1, 1, 1).breakdown
+        assert four["weights"] + four["quant_constants"] < 0.3 * sixteen["weights"]
+
+
+def test_kv_cache_matches_the_known_per_token_size():
+    """Llama-2-7B keeps 0.5 MiB of K/V per token in 16-bit (2 x 32 layers x 4096 x 2 bytes);
+    Falcon-7B's single K/V head keeps 71 times less than its 71 query heads would."""
+    llama = estimate(load_model_config("llama2-7b"), "inference", 16, 1000, 1, 1).breakdown["kv_cache"]
+    assert llama == 1000 * 512 * 1024
+    falcon = estimate(load_model_config("falcon-7b"), "inference", 16, 1000, 1, 1).breakdown["kv_cache"]
+    assert falcon == 1000 * 2 * 32 * 64 * 2
+
+
+def test_checkpointing_and_batch_move_the_estimate_the_right_way():
+    config = load_model_config("mistral-7b")
+    with_gc = estimate(config, "qlora", 4, 1024, 4, 16)
+    without = estimate(config, "qlora", 4, 1024, 4, 16, gradient_checkpointing=False)
+    assert without.breakdown["activations"] > 10 * with_gc.breakdown["activations"]
+    bigger = estimate(config, "qlora", 4, 1024, 8, 16)
+    assert bigger.total_bytes > with_gc.total_bytes
+    assert with_gc.breakdown["weights"] == bigger.breakdown["weights"]
+    cpu = estimate(config, "qlora", 4, 1024, 4, 16, device="cpu")
+    assert "cuda_context" not in cpu.breakdown and "cuda_context" in with_gc.breakdown
+
+
+def test_wrong_settings_are_reported_together():
+    with pytest.raises(ValueError) as err:
+        estimate(load_model_config("mistral-7b"), "qlora", 16, 0, 1, 8, optimizer="sgd")
+    message = str(err.value)
+    assert "--bits 4 or 8" in message and "seq_len" in message and "adamw, paged_adamw_8bit" in message
+
+
+def test_cli_prints_a_table_and_json(capsys, repo_root):
+    config = str(repo_root / "training" / "model_configs" / "llama2-7b.json")
+    assert main(["memory", config, "--method", "qlora", "--batch", "2", "--seq-len", "512"]) == 0
+    table = capsys.readouterr().out
+    assert "weights" in table and "optimizer states" in table and table.strip().splitlines()[-1].startswith("total")
+    assert main(["memory", config, "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total_bytes"] == sum(data["breakdown"].values())
+    assert data["total_gib"] == pytest.approx(data["total_bytes"] / GIB, abs=1e-3)
+
+
+def test_anchors_compare_the_families_with_published_numbers(capsys):
+    assert main(["memory", "--anchors", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"unsloth", "LLaMA-Factory", "torchtune"} <= {word for row in rows for word in row["anchor"].split()}
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["estimate_gib"] / row["published_gib"], abs=0.01)
+        assert row["why_they_differ"]
+
+
+def test_an_unreachable_hub_id_asks_for_a_local_config(repo_root):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "training", "memory", "nobody-here/no-such-model"], cwd=repo_root,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "nobody-here/no-such-model" in result.stderr and "pass a local config.json" in result.stderr.lower()
