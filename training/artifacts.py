@@ -48,6 +48,7 @@ def atomic_output_dir(final: str | Path, overwrite: bool = True) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        use_default_permissions(tmp)
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -58,6 +59,20 @@ def atomic_output_dir(final: str | Path, overwrite: bool = True) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def use_default_permissions(folder: Path) -> None:
+    """Give a folder tree the umask's usual modes.
+
+    mkdtemp makes the temporary folder private (0700) and safetensors writes its files 0600,
+    but an adapter or model folder is meant to be copied into a webui that may run as another user.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, _dirs, files in os.walk(folder):
+        Path(root).chmod(0o777 & ~umask)
+        for name in files:
+            (Path(root) / name).chmod(0o666 & ~umask)
 
 
 def write_json_atomic(path: str | Path, data) -> None:

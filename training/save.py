@@ -7,7 +7,6 @@ writes; under FSDP every process first takes part in gathering the adapter's wei
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,24 +61,10 @@ def save_adapter(trainer, config: RunConfig, record: dict) -> Path:
             # replaces the card PEFT writes with ours, made from the record
             (folder / "README.md").write_text(render_model_card(record), encoding="utf-8")
             save_loss_plot(trainer.state.log_history, folder / LOSS_PLOT_NAME, title=config.name)
-            use_default_permissions(folder)
         if not config.training.keep_checkpoints:
             remove_checkpoints(config.work_dir)
     accelerator.wait_for_everyone()
     return config.output_dir
-
-
-def use_default_permissions(folder: Path) -> None:
-    """Give the folder and its files the umask's usual modes.
-
-    The temporary folder is created private (0700) and safetensors writes its file 0600, but
-    an adapter is meant to be copied into a webui that may run as another user.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 def remove_checkpoints(work_dir: Path) -> None:
