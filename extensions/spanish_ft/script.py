@@ -1,9 +1,18 @@
 """spanish_ft: Spanish adapters for text-generation-webui.
 
-Webui hooks only; the logic lives in small modules beside this file so tests can import
-it without a webui. The webui loads this file either as `extensions.spanish_ft.script`
-or, from user_data/extensions, with no parent package: imports are therefore absolute,
-from this folder put on sys.path.
+Start the webui with `--extensions spanish_ft`; the extension's tab has three parts:
+- Adaptador: recognises the active spanish_ft adapter (its training record), checks that
+  the loaded base model fits it, applies its instruction template, preset and instruct
+  mode in the webui's own controls ("Aplicar perfil", or on its own after the LoRA menu's
+  Apply), and guards against loading several adapters at once (the webui cannot combine
+  them), offering the fused adapter or an exact fusion of the selection.
+- Comparar: one question answered by the base model and each adapter of its family.
+- Memoria: memory needed for inference and training, as `python -m training memory`.
+
+Webui hooks only; the logic lives in the sft_* modules beside this file. The webui loads
+this file as `extensions.spanish_ft.script` or, from user_data/extensions, with no parent
+package: imports are therefore absolute, from this folder put on sys.path (the installer
+copies the bundle's `training` package here too).
 """
 
 import sys
@@ -13,22 +22,50 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+# The sft_* modules import the webui's modules.shared, so the hooks import them when called:
+# this file stays importable without a webui (tests read `params` and the hook signatures).
+
+# Every key can be overridden in the webui's settings.yaml as `spanish_ft-<key>: value`.
 params = {
-    "display_name": "spanish_ft (adaptadores en español)",
-    "is_tab": False,
+    # Name of the extension's tab.
+    "display_name": "spanish_ft",
+    # The controls need room (side-by-side answers, tables): the extension gets its own tab.
+    "is_tab": True,
+    # Apply the adapter's template, preset and instruct mode once each time a new adapter is
+    # applied (LoRA menu, --lora at start-up, the guard's buttons). False: only on "Aplicar perfil".
+    "auto_profile": True,
+    # Comparar: seed shared by every variant, tokens per answer, and greedy decoding instead of
+    # sampling with the preset (both are reproducible; greedy ignores the preset's samplers).
+    "compare_seed": 42,
+    "compare_max_new_tokens": 200,
+    "compare_greedy": False,
+    # Memoria: default sequence length (tokens), batch size and LoRA rank of the calculator.
+    "memory_seq_len": 2048,
+    "memory_batch": 1,
+    "memory_rank": 16,
 }
 
 
 def setup():
-    """Runs once when the webui imports the extension."""
-    print("spanish_ft: extensión cargada. Elige un adaptador <familia>-fusionado en el menú LoRA.")
+    """Runs once when the webui imports the extension (after the start-up model and --lora load)."""
+    import sft_startup
+
+    sft_startup.check_at_startup(params)
+
+
+def state_modifier(state):
+    """Before each generation (chat, API): warn in the console about a broken adapter state.
+
+    The state is returned unchanged: the user's template and preset choices are never overridden.
+    """
+    import sft_startup
+
+    sft_startup.check_before_generation(state)
+    return state
 
 
 def ui():
-    """Builds the extension's controls in the webui (grows with the extension issue)."""
-    import gradio as gr
+    """Builds the extension's tab and its listeners on the webui's LoRA menu and model status."""
+    import sft_ui
 
-    gr.Markdown(
-        "**spanish_ft**: elige un adaptador en *Model → LoRA(s)*, usa el modo *instruct* con la "
-        "plantilla `spanish_ft-<Familia>` y el preset del mismo nombre."
-    )
+    sft_ui.build_ui(params)

@@ -47,7 +47,9 @@ class Headless(gr.JSON):
         super().__init__(*args, **kwargs)
 
     def get_block_name(self):
-        return gr.JSON.get_block_name(self)
+        # gradio names the Svelte component after type(self).__name__: name the parent's
+        # instead, or the page asks for a custom component that does not exist and hangs
+        return gr.JSON.__name__.lower()
 
 
 class DragDrop(gr.Textbox):
@@ -58,7 +60,7 @@ class DragDrop(gr.Textbox):
         super().__init__(*args, **kwargs)
 
     def get_block_name(self):
-        return gr.Textbox.get_block_name(self)
+        return gr.Textbox.__name__.lower()  # the parent's Svelte component (see Headless)
 
 
 def _accept_boolean_schemas(convert):
