@@ -140,6 +140,16 @@ def test_rules_across_keys(tmp_path):
     assert any(e.startswith("training.save_steps: must be a multiple") for e in caught.value.errors)
 
 
+def test_packing_is_on_by_default_and_can_be_turned_off(tmp_path):
+    recipe = write_recipe(tmp_path, MINIMAL)
+    assert load_config(recipe).training.packing is True
+    assert load_config(recipe).as_dict()["training"]["packing"] is True  # recorded with the adapter
+    assert load_config(recipe, ["training.packing=false"]).training.packing is False
+    with pytest.raises(ConfigError) as caught:
+        load_config(recipe, ["training.packing=sometimes"])
+    assert caught.value.errors == ["training.packing: 'sometimes' is not of type 'boolean'"]
+
+
 def test_families_table():
     assert family_of_model_type("llama") == "llama2"
     assert family_of_model_type("falcon") == family_of_model_type("RefinedWebModel") == "falcon"
@@ -160,6 +170,7 @@ def test_help_explains_keys_and_overrides(repo_root):
         "dataset.on_error",
         "quantization.bits",
         "training.early_stopping_patience",
+        "training.packing (boolean; default true)",
     ):
         assert text in result.stdout
 

@@ -91,6 +91,7 @@ class TrainingSettings:
     keep_checkpoints: bool
     early_stopping_patience: int | None
     gradient_checkpointing: bool
+    packing: bool
     report_to: str
 
 

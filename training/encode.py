@@ -115,9 +115,17 @@ class PadCollator:
             input_ids[i, :n] = torch.as_tensor(row["input_ids"])
             labels[i, :n] = torch.as_tensor(row["labels"])
             attention_mask[i, :n] = 1
-        if not (labels[:, 1:] != IGNORE_INDEX).any():
-            raise ValueError(
-                "a training batch has no answer token to learn from (every label is -100); "
-                "check that the rows have non-empty answers and the template renders them"
-            )
+        # The first token predicts nothing; a label there would only inflate the trainer's token count
+        # (num_items_in_batch, the loss's denominator), so the loss would not be the mean over answers.
+        labels[:, 0] = IGNORE_INDEX
+        require_answer_tokens(labels)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def require_answer_tokens(labels: torch.Tensor) -> None:
+    """Refuse a batch in which every label is -100: the loss would be 0/0."""
+    if not (labels != IGNORE_INDEX).any():
+        raise ValueError(
+            "a training batch has no answer token to learn from (every label is -100); "
+            "check that the rows have non-empty answers and the template renders them"
+        )

@@ -29,6 +29,9 @@ class Family:
     # `module:Class` of nn.Linear subclasses that transformers' bitsandbytes integration skips
     # (it replaces only modules whose type is exactly nn.Linear), built as nn.Linear instead.
     linear_subclasses: tuple[str, ...] = ()
+    # transformers builds this architecture's attention mask from restarting position ids, so
+    # conversations packed into one row stay apart (training/packing.py; checked by tests/test_packing.py).
+    packs_by_position_ids: bool = False
 
 
 _LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -41,6 +44,7 @@ FAMILIES: dict[str, Family] = {
         template_file="instruction-templates/spanish_ft-Mistral.yaml",
         preset="spanish_ft-Mistral",
         architecture="MistralForCausalLM",
+        packs_by_position_ids=True,
     ),
     "llama2": Family(
         name="llama2",
@@ -49,6 +53,7 @@ FAMILIES: dict[str, Family] = {
         template_file="instruction-templates/spanish_ft-Llama-2-chat.yaml",
         preset="spanish_ft-Llama-2-chat",
         architecture="LlamaForCausalLM",
+        packs_by_position_ids=True,
     ),
     "falcon": Family(
         name="falcon",

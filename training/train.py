@@ -49,6 +49,7 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
 
     from training.data import prepare_data
     from training.model import add_lora, compute_dtype, load_base_model, load_tokenizer, training_device
+    from training.packing import choose_batching
     from training.save import build_record, save_adapter
     from training.templates import load_template
 
@@ -69,25 +70,30 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
     model = add_lora(model, config.lora, config.quantization.bits)
     model.config.pad_token_id = tokenizer.pad_token_id
     dtype = compute_dtype(config.quantization.compute_dtype, device)
-    trainer = build_trainer(config, model, tokenizer, data, device, dtype, callbacks)
+    batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id)
+    _say(batching.note)
+    trainer = build_trainer(config, model, tokenizer, data, device, dtype, callbacks, batching)
     _say(f"training on {device} ({dtype}); checkpoints and logs in {config.work_dir}")
     trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = final_metrics(trainer, data, started) | {"resumed_from": checkpoint and Path(checkpoint).name}
+    metrics = final_metrics(trainer, data, started) | {
+        "resumed_from": checkpoint and Path(checkpoint).name,
+        "packed": batching.packed,
+    }
     record = build_record(config, template, data, metrics, trainer.model)
     return save_adapter(trainer, config, record)
 
 
-def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, callbacks: Sequence):
+def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, callbacks: Sequence, batching):
+    """TRL's SFTTrainer over our tokenised rows; `batching` (training.packing.choose_batching) builds the batches."""
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
-    from training.encode import PadCollator
     from training.model import use_fp32_adapter_weights
     from training.progress import TrainingProgress
     from training.trainer_args import sft_config
 
-    args = sft_config(config.training, config.work_dir, device, dtype, has_eval=data.eval is not None)
+    args = sft_config(config.training, config.work_dir, device, dtype, data.eval is not None, batching.packed)
     stopping = [EarlyStoppingCallback(config.training.early_stopping_patience)] if args.load_best_model_at_end else []
     trainer = SFTTrainer(
         model=model,
@@ -95,7 +101,7 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=batching.collator,
         callbacks=[*stopping, *callbacks],
     )
     use_fp32_adapter_weights(trainer.model)  # before the optimizer exists (it is built in train())

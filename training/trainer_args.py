@@ -23,8 +23,14 @@ def optimizer_name(setting: str, device: torch.device) -> str:
     return "paged_adamw_8bit" if device.type == "cuda" else "adamw_torch"
 
 
-def sft_config(training: TrainingSettings, work_dir: Path, device: torch.device, dtype: torch.dtype, has_eval: bool):
-    """SFTConfig for one run; every library name we rely on appears only here."""
+def sft_config(
+    training: TrainingSettings, work_dir: Path, device: torch.device, dtype: torch.dtype, has_eval: bool, packed: bool
+):
+    """SFTConfig for one run; every library name we rely on appears only here.
+
+    `packed`: batches are padding-free rows (training/packing.py), so rows keep a random
+    order; padded batches group rows of similar length, which wastes less on padding.
+    """
     from trl import SFTConfig
 
     evaluate = "steps" if has_eval else "no"
@@ -43,6 +49,7 @@ def sft_config(training: TrainingSettings, work_dir: Path, device: torch.device,
         max_grad_norm=training.max_grad_norm,
         optim=optimizer_name(training.optimizer, device),
         seed=training.seed,
+        train_sampling_strategy="random" if packed else "group_by_length",
         data_seed=training.seed,
         bf16=device.type == "cuda" and dtype == torch.bfloat16,
         fp16=device.type == "cuda" and dtype == torch.float16,

@@ -1,0 +1,252 @@
+"""Training memory on the CPU: QLoRA against 16-bit LoRA on the demo SmolLM2-135M, measured and estimated.
+
+    python bench/memory.py [MODEL_DIR] [--batch 4] [--seq-len 256]
+
+MODEL_DIR defaults to demo-output/models/smollm2-135m (make it with
+`python -m training fetch-demo-model demo-output/models/smollm2-135m`). Each variant runs in
+a fresh subprocess, on one thread, with MALLOC_MMAP_THRESHOLD_=65536 so that freed buffers
+leave the resident set (glibc would otherwise keep them and hide the real peak):
+- `loaded`: resident memory (RSS) of the loaded, LoRA-wrapped model (r16, every linear layer)
+  above the same process's RSS after its imports;
+- `peak`: the highest RSS of one training step (forward, backward, optimizer step) run by our
+  trainer (training.train.build_trainer, gradient checkpointing on, LoRA dropout 0.05, AdamW,
+  as the recipes), above the same baseline; the kernel's high-water mark is reset just before
+  the step. Synthetic rows are `--seq-len` tokens each (answer labels on the second half).
+Variants: `qlora` (NF4 weights, fp32 compute: the CPU default), `lora-bf16` (16-bit weights),
+`lora-fp32` (bits=16 on the CPU: fp32 weights), `qlora-full-logits` (as `qlora`, but the loss
+of transformers' Trainer: full fp32 logits instead of TRL's chunked LM head), and
+`qlora-padded` / `qlora-packed` (four real rows of instrucciones-es, padded vs packed). The
+estimator (`training.memory.estimate(..., device="cpu")`) is printed next to each variant it
+models. The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_MODEL = "demo-output/models/smollm2-135m"
+TEMPLATE = "instruction-templates/spanish_ft-ChatML.yaml"
+MB = 1024**2
+# name: (quantization bits, compute dtype, loss, rows)
+VARIANTS = {
+    "qlora": (4, "auto", "chunked", "synthetic"),
+    "lora-bf16": (16, "bfloat16", "chunked", "synthetic"),
+    "lora-fp32": (16, "auto", "chunked", "synthetic"),
+    "qlora-full-logits": (4, "auto", "full", "synthetic"),
+    "qlora-padded": (4, "auto", "chunked", "padded"),
+    "qlora-packed": (4, "auto", "chunked", "packed"),
+}
+
+
+def memory_kb(field: str) -> int:
+    """VmRSS, VmHWM, RssAnon or RssFile of this process, in KiB."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def bench_config(model_dir: str, variant: str, batch: int, work: Path):
+    from training.config import load_config
+
+    bits, compute, _, _ = VARIANTS[variant]
+    recipe = {"family": "llama2", "base_model": model_dir, "template": TEMPLATE, "output_dir": str(work / "out"),
+              "dataset": {"train": "training/data/instrucciones-es/train.jsonl", "max_tokens": 384}}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    overrides = [f"quantization.bits={bits}", f"quantization.compute_dtype={compute}", "lora.rank=16",
+                 f"training.batch_size={batch}", "training.grad_accumulation=1", "training.max_steps=1",
+                 "training.report_to=none", "training.save_steps=1000", "training.optimizer=adamw_torch"]
+    return load_config(work / "recipe.yaml", overrides)
+
+
+def bench_rows(config, tokenizer, rows: str, batch: int, seq_len: int) -> list:
+    """`batch` rows: synthetic ones of exactly `seq_len` tokens (answer labels on the second half), or real ones."""
+    import random
+
+    from training.data import load_split
+    from training.encode import IGNORE_INDEX, Encoded
+    from training.templates import load_template
+
+    if rows == "synthetic":
+        generator = random.Random(0)
+        ids = [[generator.randrange(10, len(tokenizer)) for _ in range(seq_len)] for _ in range(batch)]
+        return [Encoded(row, [IGNORE_INDEX] * (seq_len // 2) + row[seq_len // 2 :]) for row in ids]
+    encoded, _ = load_split(config.data.train, config.data, tokenizer, load_template(ROOT / TEMPLATE))
+    return random.Random(0).sample(encoded, batch)
+
+
+def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -> dict:
+    """One variant in this (fresh) process: RSS of the loaded model and peak RSS of one step, above idle."""
+    import gc
+
+    import torch
+    from transformers import Trainer
+
+    from training.data import as_dataset
+    from training.model import add_lora, compute_dtype, load_base_model, load_tokenizer, use_fp32_adapter_weights
+    from training.packing import choose_batching
+    from training.train import build_trainer
+
+    torch.set_num_threads(1)
+    config = bench_config(model_dir, variant, batch, work)
+    tokenizer = load_tokenizer(config.model)
+    rows = bench_rows(config, tokenizer, VARIANTS[variant][3], batch, seq_len)
+    gc.collect()
+    idle = {field: memory_kb(field) for field in ("VmRSS", "RssAnon", "RssFile")}
+    device = torch.device("cpu")
+    model = load_base_model(config.model, config.quantization, True, device)
+    model = add_lora(model, config.lora, config.quantization.bits)
+    use_fp32_adapter_weights(model)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.detach().max()  # read every weight: a memory-mapped checkpoint is resident only once touched
+    gc.collect()
+    loaded = {f"loaded_{name}_mb": (memory_kb(field) - idle[field]) / 1024
+              for name, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
+    # Synthetic rows are all `seq_len` long: padded batches of them hold no padding and have the estimator's shape.
+    batching = choose_batching(VARIANTS[variant][3] == "packed", "llama2", tokenizer.pad_token_id)
+    data = SimpleNamespace(train=as_dataset(rows), eval=None)
+    trainer = build_trainer(config, model, tokenizer, data, device, compute_dtype("auto", device), [], batching)
+    if VARIANTS[variant][2] == "full":  # transformers' own loss: model(**batch).loss on full fp32 logits
+        trainer = Trainer(model=model, args=trainer.args, train_dataset=data.train, data_collator=batching.collator)
+    reset_peak()
+    started = time.perf_counter()
+    trainer.train()
+    lengths = [len(r.input_ids) for r in rows]
+    return loaded | {
+        "variant": variant,
+        "peak_mb": (memory_kb("VmHWM") - idle["VmRSS"]) / 1024,
+        "step_s": time.perf_counter() - started,
+        "tokens_real": sum(lengths),
+        "tokens_computed": sum(lengths) if batching.packed else len(lengths) * max(lengths),
+        "longest": max(lengths),
+    }
+
+
+def run_variant(variant: str, args) -> dict:
+    """`worker` in a fresh Python, so that no variant inherits another's heap."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", TQDM_DISABLE="1",
+               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    command = [sys.executable, __file__, args.model, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+               "--worker", variant]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"variant {variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int) -> float:
+    from training.memory import estimate, load_model_config
+
+    bits = VARIANTS[variant][0]
+    method = "qlora" if bits < 16 else "lora"
+    result = estimate(load_model_config(model_dir), method, bits, seq_len, batch, 16, True, "adamw", "cpu")
+    return result.total_bytes / MB
+
+
+def padding_share_of_random_batches(model_dir: str, batch: int) -> float:
+    """Padding share of random batches of instrucciones-es rows padded to their longest: what packing saves."""
+    import random
+
+    from training.data import load_split
+    from training.model import load_tokenizer
+    from training.templates import load_template
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = bench_config(model_dir, "qlora", batch, Path(tmp))
+    tokenizer, template = load_tokenizer(config.model), load_template(ROOT / TEMPLATE)
+    encoded, _ = load_split(config.data.train, config.data, tokenizer, template)
+    lengths = [len(r.input_ids) for r in encoded]
+    generator, real, padded = random.Random(0), 0, 0
+    for _ in range(200):
+        sample = generator.sample(lengths, batch)
+        real, padded = real + sum(sample), padded + batch * max(sample)
+    return 1 - real / padded
+
+
+def report(results: dict, estimates: dict, padding_share: float, args) -> dict:
+    print(f"{'variant':18} {'loaded MB':>10} {'(anon/file)':>13} {'peak MB':>9} {'estimate':>9} {'step s':>7}  tokens")
+    for name, r in results.items():
+        estimate = f"{estimates[name]:9.0f}" if name in estimates else f"{'-':>9}"
+        print(f"{name:18} {r['loaded_rss_mb']:10.0f} {r['loaded_anon_mb']:6.0f}/{r['loaded_file_mb']:<6.0f} "
+              f"{r['peak_mb']:9.0f} {estimate} {r['step_s']:7.1f}  {r['tokens_real']} real of {r['tokens_computed']}")
+    q, bf16, full = results["qlora"], results["lora-bf16"], results["qlora-full-logits"]
+    figures = {
+        "qlora_loaded_mb": round(q["loaded_rss_mb"]), "lora_bf16_loaded_mb": round(bf16["loaded_rss_mb"]),
+        "lora_fp32_loaded_mb": round(results["lora-fp32"]["loaded_rss_mb"]),
+        "loaded_ratio_qlora_over_bf16": round(q["loaded_rss_mb"] / bf16["loaded_rss_mb"], 3),
+        "qlora_peak_mb": round(q["peak_mb"]), "lora_bf16_peak_mb": round(bf16["peak_mb"]),
+        "lora_fp32_peak_mb": round(results["lora-fp32"]["peak_mb"]),
+        "qlora_full_logits_peak_mb": round(full["peak_mb"]),
+        "fused_head_minus_full_logits_mb": round(q["peak_mb"] - full["peak_mb"]),
+        "qlora_step_over_loaded_mb": round(q["peak_mb"] - q["loaded_rss_mb"]),
+        "padded_peak_mb": round(results["qlora-padded"]["peak_mb"]),
+        "packed_peak_mb": round(results["qlora-packed"]["peak_mb"]),
+        "random_batch_padding_share": round(padding_share, 3),
+        "estimate_error": {name: round(estimates[name] / results[name]["peak_mb"] - 1, 3) for name in estimates},
+        "batch": args.batch, "seq_len": args.seq_len,
+    }
+    print(f"loaded QLoRA / 16-bit (bf16) LoRA: {figures['loaded_ratio_qlora_over_bf16']:.2f} (target <= 0.4)")
+    print(f"one QLoRA step adds {figures['qlora_step_over_loaded_mb']} MB to the loaded model; TRL's fused LM head "
+          f"(our trainer) peaks {figures['fused_head_minus_full_logits_mb']:+} MB against transformers' loss on full "
+          f"fp32 logits; packing the four real rows: peak {figures['packed_peak_mb']} MB vs "
+          f"{figures['padded_peak_mb']} MB padded; random batches of {args.batch} rows are "
+          f"{padding_share:.0%} padding when padded")
+    for name, error in figures["estimate_error"].items():
+        print(f"estimator vs measured peak, {name}: {estimates[name]:.0f} vs {results[name]['peak_mb']:.0f} MB "
+              f"({error:+.0%})")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--batch", type=int, default=4, help="rows per step (default 4)")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per synthetic row (default 256)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    model_dir = Path(args.model) if Path(args.model).is_absolute() else ROOT / args.model
+    if not (model_dir / "config.json").is_file():
+        print(f"{model_dir}: no model here; make it with "
+              f"`python -m training fetch-demo-model {DEFAULT_MODEL}`", file=sys.stderr)
+        return 2
+    args.model = str(model_dir)
+    if args.worker:
+        with tempfile.TemporaryDirectory() as work:
+            print(json.dumps(worker(args.worker, args.model, args.batch, args.seq_len, Path(work))))
+        return 0
+    results = {}
+    for name in args.variants.split(","):
+        results[name] = run_variant(name, args)
+        print(f"  {name}: loaded {results[name]['loaded_rss_mb']:.0f} MB, peak {results[name]['peak_mb']:.0f} MB",
+              flush=True)
+    if set(results) != set(VARIANTS):
+        print(json.dumps(results))
+        return 0
+    longest, real = results["qlora-padded"]["longest"], results["qlora-packed"]["tokens_real"]
+    shapes = {"qlora": (args.batch, args.seq_len), "lora-fp32": (args.batch, args.seq_len),
+              "qlora-full-logits": (args.batch, args.seq_len), "qlora-padded": (args.batch, longest),
+              "qlora-packed": (1, real)}
+    estimates = {name: estimated_mb(args.model, name, *shape) for name, shape in shapes.items()}
+    figures = report(results, estimates, padding_share_of_random_batches(args.model, args.batch), args)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

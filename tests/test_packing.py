@@ -1,0 +1,147 @@
+"""Packing is exact: a packed row gives the padded batch's loss and LoRA gradients, on real NF4 models.
+
+The reference for "the loss is the mean over answer tokens" is the evaluator's answer loss
+on each conversation alone (batch of one, no padding, no packing), which shares no code path
+with either collator or with the trainer's loss.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.data import encode_row
+from training.encode import IGNORE_INDEX, Encoded, PadCollator
+from training.families import FAMILIES
+from training.generate import answer_loss
+from training.model import load_tokenizer
+from training.packing import PackedCollator, choose_batching
+from training.templates import load_template
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROWS = [
+    {"instruction": "¿Cuál es la capital de Ecuador?", "output": "La capital de Ecuador es Quito."},
+    {"instruction": "Calcula 12 más 30.", "input": "Responde en una frase.", "output": "El resultado es 42."},
+    {"instruction": "Traduce al español: The weather is nice today.", "output": "El clima está agradable hoy."},
+    {"text": "Según el artículo 71 de la Constitución, la naturaleza tiene derecho a que se respete su existencia."},
+]
+
+
+def encoded_rows(tokenizer, template) -> list[Encoded]:
+    """Conversations of different lengths (answer-only labels) and one plain text (every token trained)."""
+    rows = [encode_row(row, "text" if "text" in row else "alpaca", tokenizer, template) for row in ROWS]
+    assert len({len(r.input_ids) for r in rows}) == len(rows)  # padding really happens
+    return rows
+
+
+def as_features(rows: list[Encoded]) -> list[dict]:
+    return [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def trainers(tiny_model_dirs, repo_root, tmp_path_factory):
+    """{family: (trainer, rows)}: our trainer on each tiny NF4 model, LoRA dropout off for determinism."""
+    from test_train import make_config
+
+    from training.data import prepare_data
+    from training.model import add_lora, compute_dtype, load_base_model, training_device
+    from training.train import build_trainer
+
+    torch.set_num_threads(1)
+    data_file = tmp_path_factory.mktemp("packing") / "train.jsonl"
+    data_file.write_text("".join(json.dumps(row) + "\n" for row in ROWS[:3]), encoding="utf-8")
+    built = {}
+    for family, model_dir in tiny_model_dirs.items():
+        config = make_config(tmp_path_factory.mktemp(family), family, model_dir, data_file, "lora.dropout=0")
+        tokenizer = load_tokenizer(config.model)
+        template = load_template(repo_root / FAMILIES[family].template_file)
+        data = prepare_data(config.data, tokenizer, template, seed=0)
+        device = training_device()
+        torch.manual_seed(0)
+        model = add_lora(load_base_model(config.model, config.quantization, True, device), config.lora, 4)
+        with torch.no_grad():  # LoRA B starts at zero: make the adapter matter, so its gradients are not trivial
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.05)
+        batching = choose_batching(True, family, tokenizer.pad_token_id)
+        dtype = compute_dtype("auto", device)
+        trainer = build_trainer(config, model, tokenizer, data, device, dtype, [], batching)
+        built[family] = (trainer, encoded_rows(tokenizer, template))
+    return built
+
+
+def step(trainer, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
+    """One training step as the Trainer runs it: loss over the batch's label count, backward; LoRA grads."""
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    num_items = (batch["labels"] != IGNORE_INDEX).sum()  # what Trainer.get_batch_samples counts
+    loss = trainer.training_step(model, dict(batch), num_items_in_batch=num_items)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+def reference_loss(trainer, rows: list[Encoded]) -> float:
+    """The evaluator's token-weighted answer loss, each conversation alone."""
+    trainer.model.eval()
+    return answer_loss(trainer.model, rows, batch_size=1)["answer_loss"]
+
+
+@pytest.mark.parametrize("family", ["llama2", "mistral"])
+def test_packed_row_gives_the_padded_loss_and_lora_gradients(family, trainers):
+    trainer, rows = trainers[family]
+    padded_loss, padded_grads = step(trainer, PadCollator(0)(as_features(rows)))
+    packed_loss, packed_grads = step(trainer, PackedCollator(0)(as_features(rows)))
+
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    assert packed_loss == pytest.approx(reference_loss(trainer, rows), rel=1e-5)  # the mean over answer tokens
+    assert padded_grads.keys() == packed_grads.keys() and any("lora_A" in n for n in packed_grads)
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert max(g.abs().max().item() for g in packed_grads.values()) > 1e-4  # the gradients are not all zero
+
+
+def test_falcon_attention_ignores_position_ids_so_it_is_not_packed(trainers):
+    """The reason Falcon trains padded: packed naively, its conversations see each other.
+
+    If a transformers upgrade makes Falcon's mask read position ids, this fails: set
+    packs_by_position_ids=True for falcon in training/families.py.
+    """
+    trainer, rows = trainers["falcon"]
+    padded_loss, _ = step(trainer, PadCollator(0)(as_features(rows)))
+    packed_loss, _ = step(trainer, PackedCollator(0)(as_features(rows)))
+    assert padded_loss == pytest.approx(reference_loss(trainer, rows), rel=1e-5)
+    assert abs(packed_loss - padded_loss) > 1e-3 * padded_loss
+    batching = choose_batching(True, "falcon", 0)
+    assert not batching.packed and isinstance(batching.collator, PadCollator)
+    assert "packing is off for falcon" in batching.note and "attend to each other" in batching.note
+    assert trainer.args.train_sampling_strategy == "group_by_length"  # padded batches are grouped by length
+
+
+def test_packed_row_has_no_padding_and_positions_restart_per_conversation(trainers):
+    _, rows = trainers["llama2"]
+    batch = PackedCollator(pad_token_id=0)(as_features(rows))
+    lengths = [len(r.input_ids) for r in rows]
+    assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    assert batch["input_ids"][0].tolist() == [t for r in rows for t in r.input_ids]
+    trained = sum(r.trained_tokens for r in rows)
+    assert (batch["labels"] != IGNORE_INDEX).sum().item() == trained
+    padded = PadCollator(pad_token_id=0)(as_features(rows))
+    assert (padded["labels"] != IGNORE_INDEX).sum().item() == trained  # the text row's first token is not counted
+
+
+def test_packing_choice_follows_the_setting_and_the_family(trainers):
+    assert trainers["llama2"][0].args.train_sampling_strategy == "random"
+    for family in FAMILIES:
+        off = choose_batching(False, family, 0)
+        assert not off.packed and "training.packing=false" in off.note
+    assert choose_batching(True, "mistral", 0).packed and choose_batching(True, "llama2", 0).packed
+
+
+def test_packed_batch_without_answers_is_refused():
+    rows = [{"input_ids": [1, 2], "labels": [-100, -100]}, {"input_ids": [3], "labels": [3]}]  # 3 starts a row
+    with pytest.raises(ValueError, match="no answer token to learn"):
+        PackedCollator(pad_token_id=0)(rows)

@@ -1,0 +1,83 @@
+"""Padding-free batches: the conversations of a batch packed into one row, exactly.
+
+With `training.packing: true` (the default) the rows of a batch are concatenated into one
+row without a single pad token. Position ids restart at 0 for each conversation, and the
+attention never crosses a conversation boundary, so the loss and the LoRA gradients equal
+those of the padded batch (tests/test_packing.py checks both to float tolerance on NF4
+Llama and Mistral models, and that Falcon would not be exact):
+- transformers derives a block-diagonal causal mask from restarting position ids when no
+  attention mask is given and no KV cache is built (TRL's trainer passes `use_cache=False`),
+  for SDPA and eager attention; flash-attention (GPU only, not tested here) runs its
+  variable-length kernel on the sequence boundaries the collator adds (`cu_seq_lens_*`).
+- our labels go through unchanged (answers only); the label of each conversation's first
+  token is -100, because nothing before it in the row belongs to it. The loss stays the mean
+  over the answer tokens of the batch.
+A family whose attention ignores position ids when it builds its mask (Falcon in
+transformers 5.6) would let packed conversations attend to each other; it trains padded
+and length-grouped instead, and says so. `training.packing: false` does the same for any
+family.
+
+Cost: with SDPA or eager attention the block-diagonal mask is dense, so every token of a
+packed row pays attention over the whole row (the batch's tokens), where a length-grouped
+padded row pays only its own length. That matters when attention is a large share of the
+work (small models, long packed rows, CPUs): bench/train_throughput.py measures both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from training.encode import PadCollator, require_answer_tokens
+from training.families import FAMILIES
+
+
+@dataclass(frozen=True)
+class PackedCollator:
+    """Concatenate a batch into one row: input_ids, labels, position_ids and sequence boundaries.
+
+    TRL's padding-free collator does the flattening; position 0 of each conversation gets
+    label -100 there, as in a padded row, whose first token predicts nothing either.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        flatten = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)
+        batch = flatten([{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows])
+        require_answer_tokens(batch["labels"])
+        return batch
+
+
+def packing_blocker(family: str) -> str | None:
+    """Why packing would not be exact for this family, or None when it is."""
+    if FAMILIES[family].packs_by_position_ids:
+        return None
+    return (
+        f"{FAMILIES[family].architecture}'s attention in this transformers version builds its mask without the "
+        "position ids, so packed conversations would attend to each other"
+    )
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the trainer builds batches: the collator, whether it packs, and the log line saying why."""
+
+    collator: PackedCollator | PadCollator
+    packed: bool
+    note: str
+
+
+def choose_batching(packing: bool, family: str, pad_token_id: int) -> Batching:
+    """Packed where packing is exact and asked for; otherwise padded (the trainer then groups rows by length)."""
+    if not packing:
+        return Batching(PadCollator(pad_token_id), False, "batches: padded, grouped by length (training.packing=false)")
+    blocker = packing_blocker(family)
+    if blocker:
+        note = f"batches: padded, grouped by length; packing is off for {family}: {blocker}"
+        return Batching(PadCollator(pad_token_id), False, note)
+    note = "batches: packed, padding-free (positions restart and attention stays within each conversation)"
+    return Batching(PackedCollator(pad_token_id), True, note)
