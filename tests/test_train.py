@@ -247,3 +247,25 @@ def test_two_process_ddp_on_cpu_through_the_cli(tiny_model_dirs, train_file, tmp
     metrics = read_record(tmp_path / "ddp-adapter")["metrics"]
     # 40 rows, 4 per process and step: two processes cover an epoch in 5 steps, one would need 10
     assert metrics["epochs"] == pytest.approx(3 / 5, abs=0.01)
+
+
+def test_save_dtype_bfloat16_halves_the_adapter_and_still_reloads(tiny_model_dirs, train_file, tmp_path):
+    config = make_config(tmp_path, "llama2", tiny_model_dirs["llama2"], train_file, "training.max_steps=2",
+                         "lora.save_dtype=bfloat16")
+    capture = Capture()
+    output = train(config, callbacks=[capture])
+    tensors = load_file(output / "adapter_model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    trained = {k: v for k, v in capture.model.state_dict().items() if "lora_" in k}
+    assert sum(t.numel() for t in tensors.values()) == sum(t.numel() for t in trained.values())
+    assert read_record(output)["config"]["lora"]["save_dtype"] == "bfloat16"
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(
+        load_base_model(config.model, config.quantization, False, torch.device("cpu")), output
+    )
+    ids = torch.tensor([[1, 5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        expected = capture.model.eval()(input_ids=ids).logits
+        got = reloaded.eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)  # bf16 rounding of the LoRA factors

@@ -61,6 +61,7 @@ class LoraSettings:
     alpha: float
     dropout: float
     target_modules: tuple[str, ...]
+    save_dtype: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ def save_adapter(trainer, config: RunConfig, record: dict) -> Path:
     if accelerator.is_main_process:
         with atomic_output_dir(config.output_dir) as folder:
             model = accelerator.unwrap_model(trainer.model)
-            model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+            state = adapter_state(model, state_dict, config.lora.save_dtype)
+            model.save_pretrained(folder, state_dict=state, safe_serialization=True)
             write_json_atomic(folder / RECORD_NAME, record)
             # replaces the card PEFT writes with ours, made from the record
             (folder / "README.md").write_text(render_model_card(record), encoding="utf-8")
@@ -65,6 +66,16 @@ def save_adapter(trainer, config: RunConfig, record: dict) -> Path:
             remove_checkpoints(config.work_dir)
     accelerator.wait_for_everyone()
     return config.output_dir
+
+
+def adapter_state(model, state_dict: dict | None, save_dtype: str) -> dict:
+    """The state dict to save, LoRA weights cast to `lora.save_dtype` (4-bit base tensors untouched)."""
+    import torch
+
+    state = state_dict if state_dict is not None else model.state_dict()
+    dtype = getattr(torch, save_dtype)
+    return {key: value.to(dtype) if "lora_" in key and value.is_floating_point() else value
+            for key, value in state.items()}
 
 
 def remove_checkpoints(work_dir: Path) -> None:
