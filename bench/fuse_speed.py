@@ -1,6 +1,6 @@
 """How fast `python -m training fuse` is on adapters shaped like the shipped 7B ones.
 
-    /work/venv/bin/python bench/fuse_speed.py [--layers 32]
+    python bench/fuse_speed.py [--layers 32]
 
 Two random fp32 adapters shaped like Llama-2-7B QLoRA adapters (r=16, q/k/v/o/gate/up/down,
 hidden 4096, intermediate 11008, 32 layers, ~160 MB each) are written as safetensors files
