@@ -118,9 +118,23 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
         raise DemoModelError(f"{gguf_path.name}: its vocabulary has no {EOS_TOKEN}; is this SmolLM2-Instruct?")
     for config in (model.config, model.generation_config):
         config.eos_token_id, config.pad_token_id = eos_id, pad_id
+    _detach_gguf_quantizer(model)
     print("writing safetensors and tokenizer...", file=sys.stderr)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _detach_gguf_quantizer(model) -> None:
+    """Make the dequantised model a plain one that save_pretrained accepts.
+
+    Recent transformers (5.2x) keep a GGUF "quantizer" on the model although its weights were
+    dequantised at load time, and refuse to save it; 5.6 attaches none.
+    """
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def _installed_version() -> str:
