@@ -75,12 +75,17 @@ def use_default_permissions(folder: Path) -> None:
             (Path(root) / name).chmod(0o666 & ~umask)
 
 
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write JSON to a temporary sibling file and rename it into place."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary sibling file and rename it into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write JSON to a temporary sibling file and rename it into place."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
 def read_record(adapter_dir: str | Path) -> dict | None:

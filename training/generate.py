@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.encode import IGNORE_INDEX, Encoded, webui_encode
+from training.encode import IGNORE_INDEX, Encoded, PadCollator, webui_encode
 from training.templates import InstructionTemplate
 
 
@@ -77,16 +77,10 @@ def generate_answers(model, tokenizer, template: InstructionTemplate, conversati
 def answer_loss(model, rows: list[Encoded], batch_size: int = 8) -> dict:
     """Token-weighted mean cross-entropy on the answer tokens only, and its perplexity."""
     total, count = 0.0, 0
+    collate = PadCollator(pad_token_id=0)  # padded positions are masked and carry no label
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            labels[i, : len(r.labels)] = torch.tensor(r.labels)
-            mask[i, : len(r.input_ids)] = 1
+        batch = collate([{"input_ids": r.input_ids, "labels": r.labels} for r in rows[start:start + batch_size]])
+        ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
         shifted = labels[:, 1:].to(logits.device)
         losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shifted,

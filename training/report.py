@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from training.artifacts import write_json_atomic
+from training.artifacts import write_json_atomic, write_text_atomic
 
 METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("perplexity", "perplexity ↓", "{:.1f}"),
            ("chrf", "chrF ↑", "{:.1f}"), ("citation_accuracy", "citations ↑", "{:.0%}"),
            ("seconds_per_answer", "s/answer", "{:.2f}")]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def scores_table(task: dict, variants: list[str]) -> str:
@@ -76,7 +70,7 @@ def write_chart(results: dict, path: Path) -> None:
 def write_report(results: dict, folder: Path, samples: int = 3) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "report.md", folder / "report.json", folder / "chart.png"]
-    _write_text_atomic(paths[0], render_markdown(results, samples))
+    write_text_atomic(paths[0], render_markdown(results, samples))
     write_json_atomic(paths[1], results)
     write_chart(results, paths[2])
     return paths
