@@ -1,21 +1,23 @@
 """Training throughput: our trainer against a seed-style baseline, same model, data and steps.
 
-    python bench/train_throughput.py [--steps 16] [--batch 4] [--repeats 2] [--no-padded-arm] [--threads 1]
+    python bench/train_throughput.py [--rows 128] [--batch 4] [--repeats 2] [--no-packed-arm] [--threads 1]
 
 Model: a randomly initialised Llama (~17M parameters: 8 layers, hidden 384) and a BPE
 tokenizer (4,096 tokens) trained in-process on the Spanish rows, both built here. Data:
 training/data/instrucciones-es/train.jsonl, rendered with the shipped Llama-2 template; the
 held-out answer loss is measured on its test.jsonl. Both runs put the same LoRA (r16, fp32
 on the CPU, all linear layers, same seed) on the same base and take the same number of
-optimizer steps of the same number of rows, with the same optimizer and learning rate:
+optimizer steps with the same optimizer and learning rate: one epoch over the same seeded sample
+of `--rows` training rows (so every arm trains exactly the same rows, each once, in its own order):
 - baseline, as the seed notebooks did it: transformers' Trainer, every row padded to the
-  longest row of the dataset, loss on every token (prompt included, padding excluded);
-- ours: `training.train.build_trainer` (TRL's SFTTrainer, loss on the answers only,
-  padding-free packed batches, TRL's fused and chunked LM head).
-A third arm, `ours-padded`, is our trainer with `training.packing=false`: each batch padded
-to its own longest row, rows grouped by length (so it trains other rows in another order; its
-throughput is comparable, its loss only roughly).
-Runs alternate (baseline, ours, ours-padded, baseline, ...) so that a load change on the
+  longest row of the whole dataset, loss on every token (prompt included, padding excluded);
+- ours: `training.train.build_trainer` (TRL's SFTTrainer, loss on the answers only, TRL's
+  fused and chunked LM head) with its default batching on this CPU (`training.packing: auto`):
+  each batch padded to its own longest row, rows grouped by length.
+A third arm, `ours-packed`, is our trainer with `training.packing=true`: each batch one
+padding-free packed row (exact; the default on GPUs). It trains the rows in another order
+(random rather than length-grouped): its throughput is comparable, its loss only roughly.
+Runs alternate (baseline, ours, ours-packed, baseline, ...) so that a load change on the
 shared machine hits all. "Answer tokens" are the answer tokens of the rows each run trained on, counted
 at the model's input; the throughput is those per second from the start of the first step
 to the end of the last (each trainer's setup is not counted). The last
@@ -26,8 +28,10 @@ better held-out answer loss.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -51,7 +55,7 @@ from training.templates import load_template  # noqa: E402
 DATA = ROOT / "training" / "data" / "instrucciones-es"
 TEMPLATE = ROOT / "instruction-templates" / "spanish_ft-Llama-2-chat.yaml"
 VOCAB, HIDDEN, LAYERS, INTERMEDIATE, HEADS = 4096, 384, 8, 1024, 6
-ARMS = ("baseline", "ours", "ours-padded")
+ARMS = ("baseline", "ours", "ours-packed")
 
 
 def build_base_model(folder: Path) -> Path:
@@ -86,7 +90,8 @@ def load_bench_config(tmp: Path, model_dir: Path, args):
     }
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     overrides = [
-        f"training.max_steps={args.steps}", f"training.batch_size={args.batch}", "training.grad_accumulation=1",
+        f"training.max_steps={args.rows // args.batch}", f"training.batch_size={args.batch}",
+        "training.grad_accumulation=1",
         f"training.learning_rate={args.learning_rate}", "training.scheduler=constant", "training.warmup_ratio=0",
         "training.gradient_checkpointing=false", "training.report_to=none", "training.save_steps=100000",
         "training.logging_steps=100000", "training.optimizer=adamw_torch", "quantization.bits=16", "lora.rank=16",
@@ -123,22 +128,21 @@ def fresh_lora_model(config):
     return add_lora(model, config.lora, config.quantization.bits)
 
 
-def ours_trainer(config, tokenizer, data, packing: bool = True):
-    """Our trainer; packing=False is its padded mode (each batch padded to its longest row, grouped by length)."""
+def ours_trainer(config, tokenizer, data, packing: bool | str = "auto"):
+    """Our trainer: by default (auto) on the CPU length-grouped padded batches; packing=True packs each batch."""
     from training.train import build_trainer
 
-    batching = choose_batching(packing, config.model.family, tokenizer.pad_token_id)
-    assert batching.packed == packing, batching.note
+    batching = choose_batching(packing, config.model.family, tokenizer.pad_token_id, "cpu")
+    assert batching.packed == (packing is True), batching.note
     model = fresh_lora_model(config)
     return build_trainer(config, model, tokenizer, data, torch.device("cpu"), torch.float32, [], batching)
 
 
-def baseline_trainer(config, tokenizer, data, work_dir: Path):
+def baseline_trainer(config, tokenizer, data, work_dir: Path, longest: int):
     """transformers' Trainer on rows pre-padded to the dataset's longest row, labels = input ids (pads masked)."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    longest = max(len(ids) for ids in data.train["input_ids"])
     padded = Dataset.from_dict(
         tokenizer.pad({"input_ids": data.train["input_ids"]}, padding="max_length", max_length=longest)
     )
@@ -218,18 +222,23 @@ def run_all(args, tmp: Path) -> dict:
     held_out, _ = load_split(str(DATA / "test.jsonl"), config.data, tokenizer, template)
     untrained = fresh_lora_model(config)
     figures = {"untrained_loss": held_out_loss(untrained, held_out), "params": matmul_params(untrained)}
-    figures["longest"] = max(len(ids) for ids in data.train["input_ids"])
+    figures["longest"] = max(len(ids) for ids in data.train["input_ids"])  # of the whole dataset
+    if not 0 < args.rows <= len(data.train) or args.rows % args.batch:
+        raise SystemExit(f"--rows {args.rows}: give a multiple of --batch {args.batch} up to {len(data.train)}")
+    sample = sorted(random.Random(config.training.seed).sample(range(len(data.train)), args.rows))
+    data = dataclasses.replace(data, train=data.train.select(sample))
     print(
-        f"data: {len(data.train)} train rows (longest {figures['longest']} tokens), {len(held_out)} held-out rows; "
+        f"data: {len(data.train)} train rows, one epoch (the dataset's longest row: {figures['longest']} tokens), "
+        f"{len(held_out)} held-out rows; "
         f"model: {figures['params'] / 1e6:.1f}M matmul parameters; held-out answer loss untrained "
         f"{figures['untrained_loss']:.3f}"
     )
     for repeat in range(args.repeats):
-        for name in ARMS if args.padded_arm else ARMS[:2]:
+        for name in ARMS if args.packed_arm else ARMS[:2]:
             if name == "baseline":
-                trainer = baseline_trainer(config, tokenizer, data, tmp / f"work-{name}-{repeat}")
+                trainer = baseline_trainer(config, tokenizer, data, tmp / f"work-{name}-{repeat}", figures["longest"])
             else:
-                trainer = ours_trainer(config, tokenizer, data, packing=name == "ours")
+                trainer = ours_trainer(config, tokenizer, data, packing=True if name == "ours-packed" else "auto")
             run = timed_training(quiet(trainer), data.train) | {"loss": held_out_loss(trainer.model, held_out)}
             figures.setdefault(name, []).append(run)
             print(
@@ -259,7 +268,8 @@ def summarise(figures: dict, gflops: float, args) -> dict:
         "baseline_loss": round(figures["baseline"][-1]["loss"], 4),
         "ours_loss": round(figures["ours"][-1]["loss"], 4),
         "untrained_loss": round(figures["untrained_loss"], 4),
-        "steps": args.steps,
+        "rows": args.rows,
+        "steps": args.rows // args.batch,
         "batch": args.batch,
         "repeats": args.repeats,
         "threads": args.threads,
@@ -270,11 +280,11 @@ def summarise(figures: dict, gflops: float, args) -> dict:
         "load_average": round(os.getloadavg()[0], 1),
     } | (
         {
-            "ours_padded_answer_tokens_per_s": round(rate("ours-padded", "answer_tokens"), 1),
+            "ours_packed_answer_tokens_per_s": round(rate("ours-packed", "answer_tokens"), 1),
             "ours_real_tokens_per_s": round(rate("ours", "real_tokens"), 1),
-            "ours_padded_real_tokens_per_s": round(rate("ours-padded", "real_tokens"), 1),
+            "ours_packed_real_tokens_per_s": round(rate("ours-packed", "real_tokens"), 1),
         }
-        if args.padded_arm
+        if args.packed_arm
         else {}
     )
 
@@ -283,12 +293,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per run (default 16)")
+    parser.add_argument("--rows", type=int, default=128,
+                        help="training rows per run, one epoch, the same seeded sample for every arm (default 128)")
     parser.add_argument("--batch", type=int, default=4, help="rows per step (default 4, as the recipes)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating (default 2)")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="constant learning rate (default 2e-3)")
-    parser.add_argument("--padded-arm", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run our trainer with training.packing=false (padded, length-grouped batches), "
+    parser.add_argument("--packed-arm", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run our trainer with training.packing=true (one padding-free row per batch), "
                         "to show what packing alone adds (default: on)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = parser.parse_args()
@@ -309,19 +320,21 @@ def main() -> int:
     )
     print(
         f"model FLOP/s = 6 x {figures['params'] / 1e6:.1f}M matmul parameters x tokens computed per second "
-        f"(ours: every token of its packed rows; baseline: padding included): ours {summary['ours_model_gflops']} "
+        f"(ours: every token of its rows, padding included, as the baseline's): ours {summary['ours_model_gflops']} "
         f"GFLOP/s = {summary['ours_model_flops_fraction']:.0%} of the matmul rate, baseline "
         f"{summary['baseline_model_flops_fraction']:.0%}. With LoRA the frozen weights need no weight gradient, so "
         "the arithmetic done is nearer 4 x params x tokens. Ours' lower fraction: TRL's fused LM head scores every "
         "position on a CPU (only the trained ones on CUDA with Triton) and recomputes the projection in the backward "
-        "pass, and a packed row's attention spans the whole row (SDPA with a block mask)."
+        "pass, and short rows make smaller matmuls."
     )
-    if args.padded_arm:
+    if args.packed_arm:
         print(
-            f"our trainer padded and length-grouped (training.packing=false): "
-            f"{summary['ours_padded_answer_tokens_per_s']} answer tokens/s (its rows differ: compare real tokens/s, "
-            f"{summary['ours_padded_real_tokens_per_s']} vs {summary['ours_real_tokens_per_s']} packed); "
-            "on a CPU a packed row's attention spans the whole row, length-grouped rows only their own length"
+            f"our trainer packed (training.packing=true, the default on GPUs): "
+            f"{summary['ours_packed_answer_tokens_per_s']} answer tokens/s (its rows differ: compare real tokens/s, "
+            f"{summary['ours_packed_real_tokens_per_s']} packed vs "
+            f"{summary['ours_real_tokens_per_s']} length-grouped); "
+            "on a CPU a packed row's attention spans the whole row (SDPA with a dense block mask), a length-grouped "
+            "row only its own length"
         )
     print(
         f"work avoided: the baseline computed {summary['computed_tokens_ratio']}x the tokens ours did "

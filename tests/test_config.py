@@ -140,14 +140,15 @@ def test_rules_across_keys(tmp_path):
     assert any(e.startswith("training.save_steps: must be a multiple") for e in caught.value.errors)
 
 
-def test_packing_is_on_by_default_and_can_be_turned_off(tmp_path):
+def test_packing_is_auto_by_default_and_can_be_forced_either_way(tmp_path):
     recipe = write_recipe(tmp_path, MINIMAL)
-    assert load_config(recipe).training.packing is True
-    assert load_config(recipe).as_dict()["training"]["packing"] is True  # recorded with the adapter
+    assert load_config(recipe).training.packing == "auto"
+    assert load_config(recipe).as_dict()["training"]["packing"] == "auto"  # recorded with the adapter
     assert load_config(recipe, ["training.packing=false"]).training.packing is False
+    assert load_config(recipe, ["training.packing=true"]).training.packing is True
     with pytest.raises(ConfigError) as caught:
         load_config(recipe, ["training.packing=sometimes"])
-    assert caught.value.errors == ["training.packing: 'sometimes' is not of type 'boolean'"]
+    assert caught.value.errors == ["training.packing: 'sometimes' is not one of ['auto', True, False]"]
 
 
 def test_families_table():
@@ -170,7 +171,7 @@ def test_help_explains_keys_and_overrides(repo_root):
         "dataset.on_error",
         "quantization.bits",
         "training.early_stopping_patience",
-        "training.packing (boolean; default true)",
+        "training.packing (auto|True|False; default \"auto\")",
     ):
         assert text in result.stdout
 

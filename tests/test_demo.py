@@ -27,6 +27,9 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     fused = read_record(loras / "smollm2-135m-fusionado")
     assert fused["kind"] == "fused"
     assert [s["name"] for s in fused["sources"]] == ["smollm2-135m-instrucciones", "smollm2-135m-leyes-ec"]
+    leyes = read_record(loras / "smollm2-135m-leyes-ec")  # trained on top of instrucciones, with replay
+    assert leyes["stacked_on"]["path"] == str(loras / "smollm2-135m-instrucciones")
+    assert leyes["dataset"]["replay"]["rows"] == 100
     assert results["variants"] == ["base", "smollm2-135m-instrucciones", "smollm2-135m-leyes-ec", "smollm2-135m-fusionado"]
     assert set(results["tasks"]) == {"instrucciones-es", "leyes-ec"}
     assert "citation_accuracy" in results["tasks"]["leyes-ec"]["scores"]["smollm2-135m-fusionado"]
@@ -43,4 +46,17 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     run_demo(settings)
     again = capsys.readouterr().out
     assert again.count("reused") >= 4, again
+
+    # instrucciones trained again (another adapter): leyes-ec, stacked on the old one, is trained again too
+    import shutil
+
+    shutil.rmtree(loras / "smollm2-135m-instrucciones")
+    run_demo(DemoSettings(**{**settings.__dict__, "recipe_overrides": [*TINY_RUN, "training.seed=7"], "webui": None}))
+    third = capsys.readouterr().out
+    assert "was trained on top of another smollm2-135m-instrucciones" in third, third
+    leyes = read_record(loras / "smollm2-135m-leyes-ec")
+    from training.artifacts import sha256_file
+
+    assert leyes["stacked_on"]["weights_sha256"] == sha256_file(
+        loras / "smollm2-135m-instrucciones" / "adapter_model.safetensors")
     assert json.loads((report / "report.json").read_text(encoding="utf-8"))["inputs_sha256"]

@@ -139,6 +139,11 @@ def test_packing_choice_follows_the_setting_and_the_family(trainers):
         off = choose_batching(False, family, 0)
         assert not off.packed and "training.packing=false" in off.note
     assert choose_batching(True, "mistral", 0).packed and choose_batching(True, "llama2", 0).packed
+    for family in ("mistral", "llama2"):  # auto: packed on GPUs, length-grouped on the CPU
+        assert choose_batching("auto", family, 0, "cuda").packed
+        auto_cpu = choose_batching("auto", family, 0, "cpu")
+        assert not auto_cpu.packed and "training.packing=auto" in auto_cpu.note
+    assert not choose_batching("auto", "falcon", 0, "cuda").packed
 
 
 def test_packed_batch_without_answers_is_refused():

@@ -9,7 +9,10 @@ applies and the extension and the fuser read them:
 - `base_model`: {"name_or_path", "revision"}
 - `base_shape`: {"model_type", "hidden_size", "num_hidden_layers", "vocab_size"}
 - `template`: {"name", "file", "sha256"};  `preset`: webui preset name
-- `dataset`: {"train", "sha256", "rows_kept", "rows_skipped", "rows_dropped", ...}
+- `dataset`: {"train", "sha256", "rows_kept", "rows_skipped", "rows_dropped", ..., "replay" (optional):
+  {"train", "sha256", "rows", ...}}
+- `stacked_on` (optional): {"path", "name", "task", "weights_sha256", "modules"}: the frozen adapter
+  this one was trained on top of (training/stacking.py)
 - `config`: the full resolved recipe;  `metrics`: {"train_loss", "eval_loss", "tokens_trained", "wall_time_s", ...}
 - `sources` (fused): [{"path", "sha256", "weight", "name"}];  `method`, `error` (fused)
 - `libraries`: {package: version};  `created`: ISO time
@@ -29,7 +32,15 @@ def _metrics_table(metrics: dict) -> str:
 
 def _origin(record: dict) -> str:
     if record.get("kind") != "fused":
-        return f"Trained with QLoRA on `{(record.get('dataset') or {}).get('train', '?')}`."
+        dataset = record.get("dataset") or {}
+        text = f"Trained with QLoRA on `{dataset.get('train', '?')}`"
+        if dataset.get("replay"):
+            text += f" plus {dataset['replay'].get('rows')} rows of `{dataset['replay'].get('train')}`"
+        stacked = record.get("stacked_on")
+        if stacked:
+            text += (f", on top of the frozen adapter `{stacked.get('name')}`: fused with it (exact `cat`), "
+                     "the pair is exactly the trained model")
+        return text + "."
     sources = ", ".join(f"`{s.get('name', s.get('path'))}` (weight {s.get('weight')})" for s in record.get("sources", []))
     if record.get("method", "cat") == "cat":
         return f"Fused exactly (rank concatenation) from: {sources}."

@@ -45,6 +45,13 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class ReplaySettings:
+    train: str
+    rows: int
+    format: str = "alpaca"
+
+
+@dataclass(frozen=True)
 class DataSettings:
     train: str
     eval: str | None
@@ -53,6 +60,7 @@ class DataSettings:
     split: str
     on_error: str
     max_tokens: int
+    replay: ReplaySettings | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class LoraSettings:
     dropout: float
     target_modules: tuple[str, ...]
     save_dtype: str = "float32"
+    stack_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class QuantizationSettings:
     quant_type: str
     double_quant: bool
     compute_dtype: str
+    embeddings: str = "16bit"  # input embedding and LM head: 16bit or 4bit (training/embeddings.py)
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ class TrainingSettings:
     keep_checkpoints: bool
     early_stopping_patience: int | None
     gradient_checkpointing: bool
-    packing: bool
+    packing: bool | str  # true, false or "auto"
     report_to: str
 
 
@@ -249,6 +259,11 @@ def check_consistency(recipe: dict) -> list[str]:
                 f"training.save_steps: must be a multiple of training.eval_steps ({training['eval_steps']}) "
                 "with early stopping, so that the best evaluated step has a checkpoint"
             )
+    stack_on = recipe["lora"]["stack_on"]
+    if stack_on is not None and Path(stack_on).resolve() == Path(recipe["output_dir"]).resolve():
+        errors.append("lora.stack_on: must differ from output_dir (the adapter under the new one stays unchanged)")
+    if recipe["quantization"]["embeddings"] == "4bit" and recipe["quantization"]["bits"] != 4:
+        errors.append("quantization.embeddings: 4bit needs quantization.bits: 4 (a 4-bit base model)")
     if Path(recipe["work_dir"]).resolve() == Path(recipe["output_dir"]).resolve():
         errors.append("work_dir: must differ from output_dir (the adapter folder is replaced as a whole)")
     return errors
@@ -259,6 +274,8 @@ def build_config(recipe: dict, source: str) -> RunConfig:
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     lora = dict(recipe["lora"], target_modules=tuple(recipe["lora"]["target_modules"]))
+    replay = recipe["dataset"]["replay"]
+    data = dict(recipe["dataset"], replay=replay and ReplaySettings(**replay))
     return RunConfig(
         name=recipe["name"],
         task=recipe["task"],
@@ -268,7 +285,7 @@ def build_config(recipe: dict, source: str) -> RunConfig:
         work_dir=Path(recipe["work_dir"]),
         resume=recipe["resume"],
         model=section(ModelSettings, recipe),
-        data=section(DataSettings, recipe["dataset"]),
+        data=section(DataSettings, data),
         lora=section(LoraSettings, lora),
         quantization=section(QuantizationSettings, recipe["quantization"]),
         training=section(TrainingSettings, recipe["training"]),

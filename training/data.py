@@ -15,7 +15,7 @@ Rows longer than `max_tokens` are dropped and counted, never cut.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from training.config import DataSettings
 from training.encode import BoundaryError, Encoded, encode_segments, encode_text
@@ -146,6 +146,26 @@ def split_eval(rows: list[Encoded], fraction: float, seed: int) -> tuple[list[En
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def sample_replay(settings: DataSettings, tokenizer, template, seed: int) -> tuple[list[Encoded], dict]:
+    """A seeded sample of `dataset.replay.rows` rows of another task, encoded like the train rows."""
+    replay = settings.replay
+    own = replace(settings, train=replay.train, format=replay.format, replay=None)
+    rows, report = load_split(replay.train, own, tokenizer, template)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    picked = [rows[i] for i in sorted(order[: replay.rows])]
+    record = {
+        "train": replay.train,
+        "format": replay.format,
+        "sha256": report.sha256,
+        "rows_available": len(rows),
+        "rows": len(picked),
+        "tokens": sum(len(r.input_ids) for r in picked),
+        "answer_tokens": sum(r.trained_tokens for r in picked),
+    }
+    return picked, record
+
+
 def as_dataset(rows: list[Encoded]):
     """A datasets.Dataset with the `input_ids` and `labels` columns the trainer reads."""
     from datasets import Dataset
@@ -169,6 +189,10 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int) -> Prep
         eval_rows, eval_report = load_split(settings.eval, settings, tokenizer, template)
     elif settings.eval_fraction > 0:
         train_rows, eval_rows = split_eval(train_rows, settings.eval_fraction, seed)
+    replay_record = None
+    if settings.replay is not None:  # after the eval split: evaluation stays on this task's own rows
+        replay_rows, replay_record = sample_replay(settings, tokenizer, template, seed)
+        train_rows = train_rows + replay_rows
     record = {
         "train": settings.train,
         "format": settings.format,
@@ -185,6 +209,8 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int) -> Prep
     }
     if eval_report is not None:
         record.update(eval=settings.eval, eval_sha256=eval_report.sha256)
+    if replay_record is not None:
+        record["replay"] = replay_record
     notes = [_problem_listing(r) for r in (train_report, eval_report) if r is not None and r.problems]
     notes += [
         f"{r.source}: {r.rows_dropped} row(s) longer than dataset.max_tokens={settings.max_tokens} dropped"

@@ -25,6 +25,8 @@ DEMO_MODEL = "smollm2-135m"
 TASKS = ("instrucciones", "leyes-ec")
 SPLITS = {"instrucciones": "training/data/instrucciones-es/test.jsonl", "leyes-ec": "training/data/leyes-ec/test.jsonl"}
 RECIPES = {task: f"training/recipes/demo-smollm2-{task}.yaml" for task in TASKS}
+# leyes-ec is trained on top of the instrucciones adapter (its recipe's lora.stack_on): in this order
+STACKED_ON = {"leyes-ec": "instrucciones"}
 DEMO_QUESTIONS = [
     "¿Cuál es la capital de Ecuador?",
     "¿Qué derechos tiene la naturaleza según la Constitución del Ecuador?",
@@ -89,29 +91,48 @@ def step_adapters(model_dir: Path, settings: DemoSettings) -> dict[str, Path]:
             raise FileNotFoundError(f"shipped demo adapters missing: {', '.join(missing)}; run the demo with --retrain")
         say("2/4 using the shipped demo adapters in loras/ (--retrain trains them again)")
         return shipped
-    adapters = {task: train_demo_adapter(task, model_dir, settings) for task in TASKS}
+    adapters: dict[str, Path] = {}
+    for task in TASKS:
+        under = adapters.get(STACKED_ON.get(task, ""))
+        adapters[task] = train_demo_adapter(task, model_dir, settings, under)
     adapters["fusionado"] = fuse_demo_adapters(adapters, settings.out / "loras" / f"{DEMO_MODEL}-fusionado")
     return adapters
 
 
-def train_demo_adapter(task: str, model_dir: Path, settings: DemoSettings) -> Path:
+def train_demo_adapter(task: str, model_dir: Path, settings: DemoSettings, under: Path | None = None) -> Path:
+    """Train one demo adapter (on top of `under` when given), or reuse the one trained before."""
+    from training.artifacts import read_record, sha256_file
     from training.config import load_config
     from training.train import train
 
     out_dir = settings.out / "loras" / f"{DEMO_MODEL}-{task}"
-    if (out_dir / "spanish_ft_record.json").is_file():
+    record = read_record(out_dir) if out_dir.is_dir() else None
+    stale = under is not None and record is not None and (record.get("stacked_on") or {}).get(
+        "weights_sha256") != sha256_file(under / "adapter_model.safetensors")
+    if record is not None and not stale:
         say(f"2/4 {out_dir} already trained: reused (delete it to train again)")
         return out_dir
+    if stale:
+        say(f"2/4 {out_dir} was trained on top of another {under.name}: training it again")
     overrides = [f"base_model={model_dir}", f"output_dir={out_dir}", *settings.recipe_overrides]
+    if under is not None:
+        overrides.append(f"lora.stack_on={under}")
+    work_dir = Path(f"{out_dir}.work")
+    if stale:
+        shutil.rmtree(work_dir, ignore_errors=True)  # its checkpoints belong to the old stacking
+    elif any(work_dir.glob("checkpoint-*")):
+        say(f"2/4 continuing the interrupted training of {task} from its last checkpoint")
+        overrides.append("resume=true")
     say(f"2/4 training {task} with QLoRA: {RECIPES[task]} {' '.join(overrides)}")
     return train(load_config(BUNDLE / RECIPES[task], overrides))
 
 
 def fuse_demo_adapters(adapters: dict[str, Path], out_dir: Path) -> Path:
+    from training.artifacts import sha256_file
     from training.fuse import fuse_adapters
 
     sources = [adapters[task] for task in TASKS]
-    if _fused_from(out_dir) == [str(s) for s in sources]:
+    if _fused_from(out_dir) == [(str(s), sha256_file(s / "adapter_model.safetensors")) for s in sources]:
         say(f"2/4 {out_dir} already fused from the same adapters: reused")
         return out_dir
     result = fuse_adapters(sources, out_dir, name=out_dir.name)
@@ -119,11 +140,12 @@ def fuse_demo_adapters(adapters: dict[str, Path], out_dir: Path) -> Path:
     return out_dir
 
 
-def _fused_from(out_dir: Path) -> list[str] | None:
+def _fused_from(out_dir: Path) -> list[tuple[str, str]] | None:
+    """(path, weights sha256) of each source the fused adapter in `out_dir` was made from."""
     from training.artifacts import read_record
 
     record = read_record(out_dir) if out_dir.is_dir() else None
-    return [s.get("path") for s in record.get("sources", [])] if record else None
+    return [(s.get("path"), s.get("sha256")) for s in record.get("sources", [])] if record else None
 
 
 def _inputs_digest(model_dir: Path, adapters: dict[str, Path], settings: DemoSettings) -> str:

@@ -81,6 +81,16 @@ def adapter_template(adapters: list[Path], template: Path | None) -> Path:
     return path
 
 
+def shown_path(path: str) -> str:
+    """A data path for the report: relative to the bundle when inside it (no machine paths in reports)."""
+    from training.config import REPO_ROOT
+
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path
+
+
 def load_task(path: str, tokenizer, template, limit: int | None) -> TaskData:
     source = read_source(path)
     questions, references, sources, encoded = [], [], [], []
@@ -132,7 +142,7 @@ def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | 
     tasks = [load_task(path, tokenizer, template_obj, limit) for path in data]
     results = {"base_model": base, "template": template_obj.name, "variants": [BASE, *names], "tasks": {}}
     for task in tasks:
-        entry = {"path": task.path, "rows": len(task.references), "references": task.references,
+        entry = {"path": shown_path(task.path), "rows": len(task.references), "references": task.references,
                  "questions": [q[-1]["content"] for q in task.questions], "scores": {}, "answers": {}}
         for variant in tqdm([BASE, *names], desc=f"evaluate {task.name}", unit="variant"):
             with active_variant(model, None if variant == BASE else variant):

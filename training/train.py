@@ -59,18 +59,27 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
     data = prepare_data(config.data, tokenizer, template, config.training.seed)
     for note in data.notes:
         _say(f"warning: {note}")
+    replay = data.record.get("replay")
     _say(
-        f"data: {data.record['rows_kept']} train rows, {data.record['rows_eval']} eval rows, "
-        f"{data.record['answer_tokens']} answer tokens of {data.record['tokens']}"
+        f"data: {data.record['rows_kept']} train rows"
+        + (f" ({replay['rows']} replayed from {replay['train']})" if replay else "")
+        + f", {data.record['rows_eval']} eval rows, "
+        + f"{data.record['answer_tokens']} answer tokens of {data.record['tokens']}"
     )
     checkpoint = checkpoint_to_resume(config)
     device = training_device()
     set_seed(config.training.seed)  # before LoRA init, so a seed gives the same adapter
     model = load_base_model(config.model, config.quantization, config.training.gradient_checkpointing, device)
+    stacked_on = None
+    if config.lora.stack_on is not None:
+        from training.stacking import stack_frozen_adapter
+
+        stacked_on = stack_frozen_adapter(model, find_repo_file(config.lora.stack_on) or config.lora.stack_on)
+        _say(f"training on top of {config.lora.stack_on} (frozen, {stacked_on['modules']} layers)")
     model = add_lora(model, config.lora, config.quantization.bits)
     model.config.pad_token_id = tokenizer.pad_token_id
     dtype = compute_dtype(config.quantization.compute_dtype, device)
-    batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id)
+    batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id, device.type)
     _say(batching.note)
     trainer = build_trainer(config, model, tokenizer, data, device, dtype, callbacks, batching)
     _say(f"training on {device} ({dtype}); checkpoints and logs in {config.work_dir}")
@@ -80,6 +89,8 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
         "packed": batching.packed,
     }
     record = build_record(config, template, data, metrics, trainer.model)
+    if stacked_on is not None:
+        record["stacked_on"] = stacked_on
     return save_adapter(trainer, config, record)
 
 
