@@ -7,17 +7,21 @@ MODEL_DIR defaults to demo-output/models/smollm2-135m (make it with
 a fresh subprocess, on one thread, with MALLOC_MMAP_THRESHOLD_=65536 so that freed buffers
 leave the resident set (glibc would otherwise keep them and hide the real peak):
 - `loaded`: resident memory (RSS) of the loaded, LoRA-wrapped model (r16, every linear layer)
-  above the same process's RSS after its imports;
-- `peak`: the highest RSS of one training step (forward, backward, optimizer step) run by our
-  trainer (training.train.build_trainer, gradient checkpointing on, LoRA dropout 0.05, AdamW,
-  as the recipes), above the same baseline; the kernel's high-water mark is reset just before
-  the step. Synthetic rows are `--seq-len` tokens each (answer labels on the second half).
-Variants: `qlora` (NF4 weights, fp32 compute: the CPU default), `lora-bf16` (16-bit weights),
-`lora-fp32` (bits=16 on the CPU: fp32 weights), `qlora-full-logits` (as `qlora`, but the loss
-of transformers' Trainer: full fp32 logits instead of TRL's chunked LM head), and
+  above the same process's RSS after its imports (bitsandbytes, PEFT and TRL included);
+- `peak`: the highest RSS of the second of two training steps (forward, backward, optimizer
+  step; the optimizer states exist from the first) run by our trainer
+  (training.train.build_trainer, gradient checkpointing on, LoRA dropout 0.05, AdamW, as the
+  recipes), above the same baseline. Synthetic rows are `--seq-len` tokens each (answer labels
+  on the second half).
+Variants: `qlora` (NF4 weights, 16-bit embeddings, fp32 compute: the CPU default),
+`qlora-emb4bit` (as `qlora` with `quantization.embeddings: 4bit`), `lora-bf16` (16-bit weights
+and compute), `lora-fp32` (bits=16 on the CPU: fp32 weights), `qlora-full-logits` (as `qlora`,
+but the loss of transformers' Trainer: full fp32 logits instead of TRL's chunked LM head), and
 `qlora-padded` / `qlora-packed` (four real rows of instrucciones-es, padded vs packed). The
-estimator (`training.memory.estimate(..., device="cpu")`) is printed next to each variant it
-models. The last line is one JSON object with the figures.
+estimator (`training.memory.estimate(..., device="cpu")`) is printed next to each variant. The
+held-out answer loss of the base model on instrucciones-es/test.jsonl (16-bit weights, NF4,
+NF4 with 4-bit embeddings) prices the 4-bit embeddings. The last line is one JSON object with
+the figures.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,15 +43,20 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_MODEL = "demo-output/models/smollm2-135m"
 TEMPLATE = "instruction-templates/spanish_ft-ChatML.yaml"
 MB = 1024**2
-# name: (quantization bits, compute dtype, loss, rows)
+TEST_ROWS = "training/data/instrucciones-es/test.jsonl"
+STEPS = 2  # the peak of the second step: optimizer states exist, as in every step of a real run
+# name: (quantization bits, compute dtype, loss, rows, embeddings)
 VARIANTS = {
-    "qlora": (4, "auto", "chunked", "synthetic"),
-    "lora-bf16": (16, "bfloat16", "chunked", "synthetic"),
-    "lora-fp32": (16, "auto", "chunked", "synthetic"),
-    "qlora-full-logits": (4, "auto", "full", "synthetic"),
-    "qlora-padded": (4, "auto", "chunked", "padded"),
-    "qlora-packed": (4, "auto", "chunked", "packed"),
+    "qlora": (4, "auto", "fused", "synthetic", "16bit"),
+    "qlora-emb4bit": (4, "auto", "fused", "synthetic", "4bit"),
+    "lora-bf16": (16, "bfloat16", "fused", "synthetic", "16bit"),
+    "lora-fp32": (16, "auto", "fused", "synthetic", "16bit"),
+    "qlora-full-logits": (4, "auto", "full", "synthetic", "16bit"),
+    "qlora-padded": (4, "auto", "fused", "padded", "16bit"),
+    "qlora-packed": (4, "auto", "fused", "packed", "16bit"),
 }
+# name: (quantization bits, embeddings) of the base model whose held-out answer loss is measured
+QUALITY = {"bf16-weights": (16, "16bit"), "nf4": (4, "16bit"), "nf4-emb4bit": (4, "4bit")}
 
 
 def memory_kb(field: str) -> int:
@@ -61,13 +71,14 @@ def reset_peak() -> None:
 def bench_config(model_dir: str, variant: str, batch: int, work: Path):
     from training.config import load_config
 
-    bits, compute, _, _ = VARIANTS[variant]
+    bits, compute, _, _, embeddings = VARIANTS[variant]
     recipe = {"family": "llama2", "base_model": model_dir, "template": TEMPLATE, "output_dir": str(work / "out"),
               "dataset": {"train": "training/data/instrucciones-es/train.jsonl", "max_tokens": 384}}
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.yaml").write_text(json.dumps(recipe), encoding="utf-8")
     overrides = [f"quantization.bits={bits}", f"quantization.compute_dtype={compute}", "lora.rank=16",
-                 f"training.batch_size={batch}", "training.grad_accumulation=1", "training.max_steps=1",
+                 f"quantization.embeddings={embeddings}",
+                 f"training.batch_size={batch}", "training.grad_accumulation=1", f"training.max_steps={STEPS}",
                  "training.report_to=none", "training.save_steps=1000", "training.optimizer=adamw_torch"]
     return load_config(work / "recipe.yaml", overrides)
 
@@ -88,71 +99,115 @@ def bench_rows(config, tokenizer, rows: str, batch: int, seq_len: int) -> list:
     return random.Random(0).sample(encoded, batch)
 
 
+def import_libraries_that_load_lazily() -> None:
+    """What loading and training import on first use: their code is the idle process's, not the model's."""
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    from trl import SFTTrainer  # noqa: F401
+
+
+def load_model(config):
+    """The LoRA-wrapped model as the trainer gets it, every weight read (a memory map is resident once touched)."""
+    import torch
+
+    from training.model import add_lora, load_base_model, use_fp32_adapter_weights
+
+    model = load_base_model(config.model, config.quantization, True, torch.device("cpu"))
+    model = add_lora(model, config.lora, config.quantization.bits)
+    use_fp32_adapter_weights(model)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.detach().max()
+    return model
+
+
 def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -> dict:
-    """One variant in this (fresh) process: RSS of the loaded model and peak RSS of one step, above idle."""
+    """One variant in this (fresh) process: RSS of the loaded model and peak RSS of a step, above idle."""
     import gc
 
     import torch
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
 
     from training.data import as_dataset
-    from training.model import add_lora, compute_dtype, load_base_model, load_tokenizer, use_fp32_adapter_weights
+    from training.model import compute_dtype, load_tokenizer
     from training.packing import choose_batching
     from training.train import build_trainer
+
+    class ResetPeakAtLastStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == STEPS - 1:
+                reset_peak()
 
     torch.set_num_threads(1)
     config = bench_config(model_dir, variant, batch, work)
     tokenizer = load_tokenizer(config.model)
     rows = bench_rows(config, tokenizer, VARIANTS[variant][3], batch, seq_len)
+    import_libraries_that_load_lazily()
     gc.collect()
     idle = {field: memory_kb(field) for field in ("VmRSS", "RssAnon", "RssFile")}
-    device = torch.device("cpu")
-    model = load_base_model(config.model, config.quantization, True, device)
-    model = add_lora(model, config.lora, config.quantization.bits)
-    use_fp32_adapter_weights(model)
-    for tensor in [*model.parameters(), *model.buffers()]:
-        tensor.detach().max()  # read every weight: a memory-mapped checkpoint is resident only once touched
+    model = load_model(config)
     gc.collect()
     loaded = {f"loaded_{name}_mb": (memory_kb(field) - idle[field]) / 1024
               for name, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
     # Synthetic rows are all `seq_len` long: padded batches of them hold no padding and have the estimator's shape.
     batching = choose_batching(VARIANTS[variant][3] == "packed", "llama2", tokenizer.pad_token_id)
-    data = SimpleNamespace(train=as_dataset(rows), eval=None)
-    trainer = build_trainer(config, model, tokenizer, data, device, compute_dtype("auto", device), [], batching)
+    data, device = SimpleNamespace(train=as_dataset(rows), eval=None), torch.device("cpu")
+    callbacks = [ResetPeakAtLastStep()]
+    trainer = build_trainer(config, model, tokenizer, data, device, compute_dtype("auto", device), callbacks, batching)
     if VARIANTS[variant][2] == "full":  # transformers' own loss: model(**batch).loss on full fp32 logits
-        trainer = Trainer(model=model, args=trainer.args, train_dataset=data.train, data_collator=batching.collator)
-    reset_peak()
+        trainer = Trainer(model=model, args=trainer.args, train_dataset=data.train, data_collator=batching.collator,
+                          callbacks=callbacks)
     started = time.perf_counter()
     trainer.train()
     lengths = [len(r.input_ids) for r in rows]
     return loaded | {
         "variant": variant,
         "peak_mb": (memory_kb("VmHWM") - idle["VmRSS"]) / 1024,
-        "step_s": time.perf_counter() - started,
+        "step_s": (time.perf_counter() - started) / STEPS,
         "tokens_real": sum(lengths),
         "tokens_computed": sum(lengths) if batching.packed else len(lengths) * max(lengths),
         "longest": max(lengths),
     }
 
 
-def run_variant(variant: str, args) -> dict:
-    """`worker` in a fresh Python, so that no variant inherits another's heap."""
+def answer_loss_worker(name: str, model_dir: str, work: Path) -> dict:
+    """Held-out answer loss of the base model (no adapter) stored as QUALITY[name] says."""
+    import dataclasses
+
+    import torch
+
+    from training.evaluate import load_task
+    from training.generate import answer_loss
+    from training.model import load_base_model, load_tokenizer
+    from training.templates import load_template
+
+    bits, embeddings = QUALITY[name]
+    config = bench_config(model_dir, "qlora", 4, work)
+    quantization = dataclasses.replace(config.quantization, bits=bits, embeddings=embeddings)
+    tokenizer = load_tokenizer(config.model)
+    rows = load_task(str(ROOT / TEST_ROWS), tokenizer, load_template(ROOT / TEMPLATE), None).encoded
+    model = load_base_model(config.model, quantization, False, torch.device("cpu")).eval()
+    with torch.no_grad():
+        return {"quality": name} | answer_loss(model, rows)
+
+
+def run_worker(name: str, args) -> dict:
+    """`worker` (a variant) or `answer_loss_worker` (a QUALITY name) in a fresh Python: no inherited heap."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", TQDM_DISABLE="1",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
     command = [sys.executable, __file__, args.model, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
-               "--worker", variant]
+               "--worker", name]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
-        raise RuntimeError(f"variant {variant} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int) -> float:
     from training.memory import estimate, load_model_config
 
-    bits = VARIANTS[variant][0]
-    method = "qlora" if bits < 16 else "lora"
-    result = estimate(load_model_config(model_dir), method, bits, seq_len, batch, 16, True, "adamw", "cpu")
+    bits, compute, loss, _, embeddings = VARIANTS[variant]
+    result = estimate(load_model_config(model_dir), "qlora" if bits < 16 else "lora", bits, seq_len, batch, 16,
+                      device="cpu", compute=compute, embeddings=embeddings, loss=loss)
     return result.total_bytes / MB
 
 
@@ -176,37 +231,53 @@ def padding_share_of_random_batches(model_dir: str, batch: int) -> float:
     return 1 - real / padded
 
 
-def report(results: dict, estimates: dict, padding_share: float, args) -> dict:
-    print(f"{'variant':18} {'loaded MB':>10} {'(anon/file)':>13} {'peak MB':>9} {'estimate':>9} {'step s':>7}  tokens")
+def report(results: dict, estimates: dict, losses: dict, padding_share: float, args) -> dict:
+    print(f"{'variant':18} {'loaded MB':>10} {'(anon/file)':>13} {'peak MB':>9} {'estimate':>9} {'error':>7} "
+          f"{'step s':>7}  tokens")
+    errors = {name: estimates[name] / results[name]["peak_mb"] - 1 for name in estimates}
     for name, r in results.items():
-        estimate = f"{estimates[name]:9.0f}" if name in estimates else f"{'-':>9}"
         print(f"{name:18} {r['loaded_rss_mb']:10.0f} {r['loaded_anon_mb']:6.0f}/{r['loaded_file_mb']:<6.0f} "
-              f"{r['peak_mb']:9.0f} {estimate} {r['step_s']:7.1f}  {r['tokens_real']} real of {r['tokens_computed']}")
-    q, bf16, full = results["qlora"], results["lora-bf16"], results["qlora-full-logits"]
+              f"{r['peak_mb']:9.0f} {estimates[name]:9.0f} {errors[name]:+7.1%} {r['step_s']:7.1f}  "
+              f"{r['tokens_real']} real of {r['tokens_computed']}")
+    q, q4, bf16, full = (results[name] for name in ("qlora", "qlora-emb4bit", "lora-bf16", "qlora-full-logits"))
     figures = {
-        "qlora_loaded_mb": round(q["loaded_rss_mb"]), "lora_bf16_loaded_mb": round(bf16["loaded_rss_mb"]),
+        "loaded_ratio": round(q["loaded_rss_mb"] / bf16["loaded_rss_mb"], 3),
+        "loaded_ratio_embeddings_4bit": round(q4["loaded_rss_mb"] / bf16["loaded_rss_mb"], 3),
+        "qlora_loaded_mb": round(q["loaded_rss_mb"]), "qlora_emb4bit_loaded_mb": round(q4["loaded_rss_mb"]),
+        "bf16_loaded_mb": round(bf16["loaded_rss_mb"]),
         "lora_fp32_loaded_mb": round(results["lora-fp32"]["loaded_rss_mb"]),
-        "loaded_ratio_qlora_over_bf16": round(q["loaded_rss_mb"] / bf16["loaded_rss_mb"], 3),
-        "qlora_peak_mb": round(q["peak_mb"]), "lora_bf16_peak_mb": round(bf16["peak_mb"]),
+        "qlora_peak_mb": round(q["peak_mb"]), "bf16_peak_mb": round(bf16["peak_mb"]),
+        "qlora_estimate_mb": round(estimates["qlora"]), "bf16_estimate_mb": round(estimates["lora-bf16"]),
+        "estimate_error_qlora": round(errors["qlora"], 3), "estimate_error_bf16": round(errors["lora-bf16"], 3),
+        "estimate_error": {name: round(error, 3) for name, error in errors.items()},
         "lora_fp32_peak_mb": round(results["lora-fp32"]["peak_mb"]),
-        "qlora_full_logits_peak_mb": round(full["peak_mb"]),
-        "fused_head_minus_full_logits_mb": round(q["peak_mb"] - full["peak_mb"]),
+        "qlora_emb4bit_peak_mb": round(q4["peak_mb"]), "qlora_full_logits_peak_mb": round(full["peak_mb"]),
         "qlora_step_over_loaded_mb": round(q["peak_mb"] - q["loaded_rss_mb"]),
         "padded_peak_mb": round(results["qlora-padded"]["peak_mb"]),
         "packed_peak_mb": round(results["qlora-packed"]["peak_mb"]),
         "random_batch_padding_share": round(padding_share, 3),
-        "estimate_error": {name: round(estimates[name] / results[name]["peak_mb"] - 1, 3) for name in estimates},
+        "answer_loss": {name: round(r["answer_loss"], 4) for name, r in losses.items()},
+        "answer_loss_cost_embeddings_4bit": round(
+            losses["nf4-emb4bit"]["answer_loss"] - losses["nf4"]["answer_loss"], 4),
         "batch": args.batch, "seq_len": args.seq_len,
     }
-    print(f"loaded QLoRA / 16-bit (bf16) LoRA: {figures['loaded_ratio_qlora_over_bf16']:.2f} (target <= 0.4)")
-    print(f"one QLoRA step adds {figures['qlora_step_over_loaded_mb']} MB to the loaded model; TRL's fused LM head "
-          f"(our trainer) peaks {figures['fused_head_minus_full_logits_mb']:+} MB against transformers' loss on full "
-          f"fp32 logits; packing the four real rows: peak {figures['packed_peak_mb']} MB vs "
-          f"{figures['padded_peak_mb']} MB padded; random batches of {args.batch} rows are "
-          f"{padding_share:.0%} padding when padded")
-    for name, error in figures["estimate_error"].items():
-        print(f"estimator vs measured peak, {name}: {estimates[name]:.0f} vs {results[name]['peak_mb']:.0f} MB "
-              f"({error:+.0%})")
+    for key, label in (("loaded_ratio", "16-bit embeddings (default)"),
+                       ("loaded_ratio_embeddings_4bit", "quantization.embeddings: 4bit")):
+        ratio = figures[key]
+        print(f"loaded QLoRA / bf16 LoRA, {label}: {ratio:.2f} ({'meets' if ratio <= 0.4 else 'misses'} the <= 0.4 "
+              "target)")
+    answer = figures["answer_loss"]
+    print(f"held-out answer loss of the base model ({losses['nf4']['answer_tokens']} tokens of {TEST_ROWS}): "
+          f"bf16 weights {answer['bf16-weights']:.4f}, NF4 {answer['nf4']:.4f}, NF4 + 4-bit embeddings "
+          f"{answer['nf4-emb4bit']:.4f} (cost of 4-bit embeddings {figures['answer_loss_cost_embeddings_4bit']:+.4f})")
+    for name, label in (("qlora", "QLoRA"), ("lora-bf16", "bf16 LoRA")):
+        print(f"peak of a training step, {label}: measured {results[name]['peak_mb']:.0f} MB, estimated "
+              f"{estimates[name]:.0f} MB ({errors[name]:+.1%}; target within 10%)")
+    print(f"one QLoRA step adds {figures['qlora_step_over_loaded_mb']} MB to the loaded model, mostly TRL's fused LM "
+          f"head (its CPU fallback holds ~8 fp32 tiles of tokens x 32768 vocabulary columns; transformers' full "
+          f"fp32 logits peak at {figures['qlora_full_logits_peak_mb']} MB); packing the four real rows: peak "
+          f"{figures['packed_peak_mb']} MB vs {figures['padded_peak_mb']} MB padded; random batches of {args.batch} "
+          f"rows are {padding_share:.0%} padding when padded")
     return figures
 
 
@@ -218,7 +289,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4, help="rows per step (default 4)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per synthetic row (default 256)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*VARIANTS, *QUALITY], help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_dir = Path(args.model) if Path(args.model).is_absolute() else ROOT / args.model
     if not (model_dir / "config.json").is_file():
@@ -228,22 +299,24 @@ def main() -> int:
     args.model = str(model_dir)
     if args.worker:
         with tempfile.TemporaryDirectory() as work:
-            print(json.dumps(worker(args.worker, args.model, args.batch, args.seq_len, Path(work))))
+            run = answer_loss_worker if args.worker in QUALITY else partial(worker, batch=args.batch,
+                                                                              seq_len=args.seq_len)
+            print(json.dumps(run(args.worker, args.model, work=Path(work))))
         return 0
     results = {}
     for name in args.variants.split(","):
-        results[name] = run_variant(name, args)
+        results[name] = run_worker(name, args)
         print(f"  {name}: loaded {results[name]['loaded_rss_mb']:.0f} MB, peak {results[name]['peak_mb']:.0f} MB",
               flush=True)
     if set(results) != set(VARIANTS):
         print(json.dumps(results))
         return 0
+    losses = {name: run_worker(name, args) for name in QUALITY}
     longest, real = results["qlora-padded"]["longest"], results["qlora-packed"]["tokens_real"]
-    shapes = {"qlora": (args.batch, args.seq_len), "lora-fp32": (args.batch, args.seq_len),
-              "qlora-full-logits": (args.batch, args.seq_len), "qlora-padded": (args.batch, longest),
-              "qlora-packed": (1, real)}
+    shapes = {name: (args.batch, args.seq_len) for name in VARIANTS}
+    shapes.update({"qlora-padded": (args.batch, longest), "qlora-packed": (1, real)})
     estimates = {name: estimated_mb(args.model, name, *shape) for name, shape in shapes.items()}
-    figures = report(results, estimates, padding_share_of_random_batches(args.model, args.batch), args)
+    figures = report(results, estimates, losses, padding_share_of_random_batches(args.model, args.batch), args)
     print(json.dumps(figures))
     return 0
 

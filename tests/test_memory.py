@@ -172,3 +172,58 @@ def test_an_unreachable_hub_id_asks_for_a_local_config(repo_root):
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "nobody-here/no-such-model" in result.stderr and "pass a local config.json" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("family", ["llama2", "falcon"])
+@pytest.mark.parametrize("embeddings", ["16bit", "4bit"])
+def test_weights_term_is_what_our_loader_keeps(tiny_model_dirs, family, embeddings):
+    """16-bit (or NF4) embedding and head, fp32 norms, NF4 linears: the dtypes training/model.py loads."""
+    from training.config import ModelSettings, QuantizationSettings
+    from training.model import load_base_model
+
+    quant = QuantizationSettings(bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto",
+                                 embeddings=embeddings)
+    settings = ModelSettings(base_model=str(tiny_model_dirs[family]), revision=None, family=family,
+                             trust_remote_code=False)
+    model = load_base_model(settings, quant, True, torch.device("cpu"))
+    loaded = sum(p.numel() * p.element_size() for p in model.parameters())
+    expected = estimate(_config(tiny_model_dirs[family]), "qlora", 4, 8, 1, 4, device="cpu", embeddings=embeddings)
+    assert expected.breakdown["weights"] == loaded
+
+
+LOSS_PEAK_SCRIPT = """
+import json, re, sys
+from pathlib import Path
+import torch
+import trl.trainer.utils  # imported by its backward on first use: keep that out of the measurement
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+def kb(field):
+    return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+torch.set_num_threads(1)
+tokens, hidden, vocab = (int(v) for v in sys.argv[1:4])
+weight = (torch.randn(vocab, hidden) * 0.02).to(torch.bfloat16)  # a 16-bit head, fp32 hidden states: the CPU path
+states = torch.randn(tokens, hidden, requires_grad=True)
+log_probs, *_ = ChunkedLogProbFunction.apply(states, weight, None, torch.randint(0, vocab, (tokens,)), 1.0, 32768,
+                                             None, 1.0, ("log_probs", "entropy", "is_top1"))
+loss = -log_probs.sum()
+before = kb("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")
+loss.backward()
+print(json.dumps({"backward_peak": kb("VmHWM") - before}))
+"""
+
+
+def test_fused_loss_term_matches_trl_measured_on_the_cpu():
+    """The named loss term against RSS of TRL's chunked LM head backward (torch fallback, as on our CPUs)."""
+    from training.memory_loss import head_and_loss_bytes
+
+    batch, seq_len, hidden, vocab = 4, 65, 64, 49152  # two vocabulary chunks, 256 scored positions
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", LOSS_PEAK_SCRIPT, str(batch * (seq_len - 1)), str(hidden), str(vocab)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])["backward_peak"]
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4).to_dict()
+    _, estimated, _ = head_and_loss_bytes(architecture_of(config), batch, seq_len, 4, 2, False, "cpu", "fused")
+    assert estimated == pytest.approx(measured, rel=0.1)

@@ -7,49 +7,56 @@
 The estimate is the peak of one training step (or of a prefill for inference), as a sum of
 named physical terms: weights, quantisation constants, LoRA weights, gradients, optimizer
 states, the activations autograd saves (per decoder layer, term by term in
-`training.memory_activations`), the largest short-lived buffer set at that peak (fp32 logits
-and loss buffers, or one recomputed layer), the KV cache, and the CUDA context.
+`training.memory_activations`), the largest short-lived buffer set at that peak (the LM head
+and loss at their backward, `training.memory_loss`, or one recomputed layer), the KV cache,
+and the CUDA context.
 
 Assumptions (each one is a choice a run can change; the numbers move with it):
-- GPU: bf16 compute under autocast; unquantised weights (embeddings, norms, lm_head) stay in
-  16-bit. CPU (`--device cpu`): everything in fp32; no CUDA context; what a CPU run holds on
-  top of the idle torch process (the bench subtracts that baseline).
-- LoRA/QLoRA: PEFT keeps LoRA weights in fp32 (`autocast_adapter_dtype=True`, and
-  `prepare_model_for_kbit_training` leaves them so); their gradients and AdamW states are fp32.
-  Full fine-tuning keeps weights, gradients and torch AdamW states in the weights' dtype.
+- Compute dtype (`--compute-dtype`, as the recipe key): `auto` is bf16 under autocast on a GPU
+  and fp32 on the CPU (`--device cpu`: no CUDA context; what a CPU run holds on top of the idle
+  torch process, which the bench subtracts).
+- 4/8-bit models (training/model.py): the embedding and LM head stay 16-bit (or NF4 with
+  `--embeddings 4bit`), the other unquantised weights (norms, biases) are upcast to fp32 by the
+  k-bit preparation. 16-bit models hold every weight in the compute dtype.
+- LoRA/QLoRA: LoRA weights in fp32 (PEFT's `autocast_adapter_dtype=True`, and our trainer keeps
+  them so); their gradients and AdamW states are fp32. Full fine-tuning keeps weights, gradients
+  and torch AdamW states in the weights' dtype. Gradients and optimizer states are counted
+  at every peak (they live through a step with gradient accumulation, and from the first step).
 - 4-bit is bitsandbytes NF4: 0.5 byte per weight of every decoder linear layer, absmax per
   64-weight block (fp32, or 8-bit + an fp32 per 256 blocks with double quantisation).
   8-bit is LLM.int8: 1 byte per weight + an fp32 scale per output row.
 - Attention is PyTorch SDPA; a training batch of more than one row has padding, so SDPA gets
   a mask (GQA heads are repeated and the mask is kept as a float bias per layer).
-- The loss is transformers' cross-entropy on full fp32 logits (no chunking): for small models
-  with large vocabularies that buffer, not the layers, sets the peak.
+- The loss is TRL's fused LM head (`--loss fused`, our trainer's): no full logits, but on the
+  CPU its torch fallback holds about 8 float32 tiles of up to 4096 tokens x 32768 vocabulary
+  columns, which for small models with large vocabularies sets the peak. `--loss full` is
+  transformers' cross-entropy on full fp32 logits.
 
 Checking a CPU estimate against peak RSS: glibc keeps freed heap memory (loading alone leaves
-~0.7 GB for SmolLM2) and an fp32 checkpoint stays memory-mapped (its whole size in RSS). Run the
-measured process with MALLOC_MMAP_THRESHOLD_=65536 and a 16-bit checkpoint; then SmolLM2-135M
-QLoRA at batch 4 x 256 peaked 0.96 GB above the idle process, estimated 0.92 GB.
+~0.7 GB for SmolLM2) and a checkpoint read in place stays memory-mapped (its whole size in RSS).
+bench/memory.py runs with MALLOC_MMAP_THRESHOLD_=65536 and prints measured and estimated peaks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import asdict, dataclass, field
 
 from training.memory_activations import layer_backward_bytes, layer_saved_bytes, prefill_bytes
-from training.memory_arch import Architecture, architecture_of, load_model_config
+from training.memory_arch import architecture_of, load_model_config
+from training.memory_loss import LOSSES, final_norm_saved, head_and_loss_bytes
+from training.memory_weights import optimizer_bytes, trainable_tensors, weight_bytes, weights_note
 
 GIB = 1024**3
 METHODS = ("inference", "full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 DEVICES = ("cuda", "cpu")
+COMPUTE_DTYPES = {"auto": 0, "bfloat16": 2, "float16": 2, "float32": 4}  # bytes; auto: by device
+EMBEDDINGS = ("16bit", "4bit")
 # What torch.cuda.max_memory_allocated does not see: the CUDA context, cuBLAS/cuDNN workspaces
 # and kernels, 0.5-1 GiB depending on GPU and driver (nvidia-smi shows it). We count the middle.
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)
-NF4_BLOCK, DOUBLE_QUANT_BLOCK = 64, 256
-ADAM8_BLOCK, ADAM8_MIN_NUMEL = 256, 4096  # bitsandbytes: smaller tensors keep 32-bit states
 
 
 @dataclass
@@ -74,21 +81,24 @@ class Estimate:
 def estimate(
     config: dict, method: str, bits: int, seq_len: int, batch: int, rank: int,
     gradient_checkpointing: bool = True, optimizer: str = "adamw", device: str = "cuda",
-    lora_dropout: float = 0.05, double_quant: bool = True,
+    lora_dropout: float = 0.05, double_quant: bool = True, compute: str = "auto", embeddings: str = "16bit",
+    loss: str = "fused",
 ) -> Estimate:
     """Peak memory of one step of `method` at `batch` x `seq_len` tokens; see the module docstring."""
-    _check_settings(method, bits, seq_len, batch, rank, optimizer, device)
+    _check_settings(method, bits, seq_len, batch, rank, optimizer, device, compute, embeddings, loss)
     arch = architecture_of(config)
-    compute_bytes = 2 if device == "cuda" else 4
+    compute_bytes = COMPUTE_DTYPES[compute] or (2 if device == "cuda" else 4)
     parts, notes = {}, {}
-    parts["weights"], constants = _weight_bytes(arch, bits, compute_bytes, double_quant)
-    notes["weights"] = _weights_note(bits, compute_bytes)
+    parts["weights"], constants = weight_bytes(arch, method, bits, compute_bytes, double_quant, embeddings)
+    notes["weights"] = weights_note(method, bits, compute_bytes, embeddings)
     if bits < 16:
         parts["quant_constants"] = constants
         notes["quant_constants"] = ("int8: an fp32 scale per output row" if bits == 8 else
                                     "NF4 absmax: uint8 per 64 weights + fp32 per 256 blocks" if double_quant else
                                     "NF4 absmax: fp32 per 64 weights")
-    trainable = _trainable_tensors(arch, method, rank)
+        if embeddings == "4bit":
+            notes["quant_constants"] += "; NF4 embeddings: fp32 per 64 weights"
+    trainable = trainable_tensors(arch, method, rank)
     if method == "inference":
         parts["kv_cache"] = 2 * arch.layers * batch * seq_len * arch.kv_heads * arch.head_dim * compute_bytes
         notes["kv_cache"] = f"K and V of {arch.layers} layers x {arch.kv_heads} KV heads x batch x seq"
@@ -96,8 +106,10 @@ def estimate(
         notes["prefill"] = "working set of one layer on the whole prompt + last-token logits (fp32)"
     else:
         _add_training_parts(parts, notes, arch, trainable, method, optimizer, compute_bytes)
+        head_bytes = compute_bytes if bits == 16 else 2 if embeddings == "16bit" else 0
         parts["activations"], parts["peak_transient"], notes["peak_transient"] = _training_activations(
-            arch, method, batch, seq_len, rank, lora_dropout, gradient_checkpointing, compute_bytes, bits, device)
+            arch, method, batch, seq_len, rank, lora_dropout, gradient_checkpointing, compute_bytes, bits, device,
+            head_bytes, loss)
         notes["activations"] = ("one checkpointed hidden state per layer" if gradient_checkpointing
                                 else "everything autograd saves in every layer")
     if device == "cuda":
@@ -105,7 +117,8 @@ def estimate(
         notes["cuda_context"] = "CUDA context + library workspaces (0.5-1 GiB; not in torch's allocator stats)"
     settings = dict(method=method, bits=bits, seq_len=seq_len, batch=batch, rank=rank,
                     gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, device=device,
-                    lora_dropout=lora_dropout, double_quant=double_quant)
+                    lora_dropout=lora_dropout, double_quant=double_quant,
+                    compute="bf16/fp16" if compute_bytes == 2 else "fp32", embeddings=embeddings, loss=loss)
     return Estimate(model=arch.name, params=arch.total_params, trainable_params=sum(trainable),
                     settings=settings, breakdown=parts, notes=notes)
 
@@ -118,13 +131,19 @@ def _add_training_parts(parts, notes, arch, trainable, method, optimizer, comput
         notes["lora_weights"] = f"rank x (in + out) per linear, all {len(arch.linears)} linears of every layer"
     parts["gradients"] = sum(trainable) * param_bytes
     notes["gradients"] = f"one per trainable weight, {'fp32' if param_bytes == 4 else 'bf16'}"
-    parts["optimizer_states"] = _optimizer_bytes(trainable, param_bytes, optimizer)
+    parts["optimizer_states"] = optimizer_bytes(trainable, param_bytes, optimizer)
     notes["optimizer_states"] = ("AdamW exp_avg + exp_avg_sq in the weights' dtype" if optimizer == "adamw" else
                                  "8-bit AdamW: 2 bytes per weight + fp32 absmax per 256")
 
 
-def _check_settings(method, bits, seq_len, batch, rank, optimizer, device) -> None:
+def _check_settings(method, bits, seq_len, batch, rank, optimizer, device, compute, embeddings, loss) -> None:
     errors = []
+    for name, value, allowed in (("compute", compute, COMPUTE_DTYPES), ("embeddings", embeddings, EMBEDDINGS),
+                                 ("loss", loss, LOSSES)):
+        if value not in allowed:
+            errors.append(f"{name} {value!r}: allowed {', '.join(allowed)}")
+    if embeddings == "4bit" and bits != 4:
+        errors.append("embeddings 4bit needs --bits 4 (as quantization.embeddings: 4bit needs quantization.bits: 4)")
     if method not in METHODS:
         errors.append(f"method {method!r}: allowed {', '.join(METHODS)}")
     if bits not in (4, 8, 16):
@@ -143,67 +162,18 @@ def _check_settings(method, bits, seq_len, batch, rank, optimizer, device) -> No
         raise ValueError("; ".join(errors))
 
 
-def _weight_bytes(arch: Architecture, bits: int, compute_bytes: int, double_quant: bool) -> tuple[int, int]:
-    """(weights, quantisation constants); only decoder linear weights are quantised, never lm_head."""
-    if bits == 16:
-        return arch.total_params * compute_bytes, 0
-    layer_weights = layer_constants = 0
-    for linear in arch.linears:
-        numel = linear.in_features * linear.out_features
-        if bits == 8:
-            layer_weights += numel
-            layer_constants += 4 * linear.out_features
-        else:
-            blocks = math.ceil(numel / NF4_BLOCK)
-            layer_weights += math.ceil(numel / 2)
-            # double quantisation: uint8 absmax per block, an fp32 absmax per 256 blocks and one offset
-            layer_constants += blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK) + 4 if double_quant else 4 * blocks
-    unquantised = arch.total_params - arch.layers * arch.linear_weights_per_layer
-    return unquantised * compute_bytes + arch.layers * layer_weights, arch.layers * layer_constants
-
-
-def _weights_note(bits: int, compute_bytes: int) -> str:
-    dtype = "bf16" if compute_bytes == 2 else "fp32"
-    if bits == 16:
-        return f"all weights in {dtype}"
-    per_weight = "0.5 byte (NF4)" if bits == 4 else "1 byte (int8)"
-    return f"decoder linears {per_weight} per weight; embeddings, norms, biases, lm_head in {dtype}"
-
-
-def _trainable_tensors(arch: Architecture, method: str, rank: int) -> list[int]:
-    """numel of every trainable tensor (the 8-bit optimizer treats small tensors differently)."""
-    if method == "inference":
-        return []
-    if method == "full":
-        return [arch.total_params]  # one entry is enough: every tensor of a 7B is above 4096 elements
-    per_layer = [n for linear in arch.linears for n in (rank * linear.in_features, rank * linear.out_features)]
-    return per_layer * arch.layers
-
-
-def _optimizer_bytes(trainable: list[int], param_bytes: int, optimizer: str) -> int:
-    if optimizer == "adamw":  # torch keeps exp_avg and exp_avg_sq in the parameter's dtype
-        return 2 * param_bytes * sum(trainable)
-    total = 0
-    for numel in trainable:
-        if numel < ADAM8_MIN_NUMEL:
-            total += 8 * numel
-        else:  # two uint8 states + one fp32 absmax per 256-element block for each
-            total += 2 * numel + 2 * 4 * math.ceil(numel / ADAM8_BLOCK)
-    return total
-
-
-def _training_activations(arch, method, batch, seq_len, rank, dropout, checkpointing, compute_bytes, bits, device):
+def _training_activations(arch, method, batch, seq_len, rank, dropout, checkpointing, compute_bytes, bits, device,
+                          head_bytes, loss):
     """(saved activations, the largest transient at the peak, what that transient is)."""
     tokens = batch * seq_len
     layer = sum(layer_saved_bytes(arch, method, batch, seq_len, rank, dropout, compute_bytes, device).values())
-    # The final norm saves its fp32 input; the loss keeps log-softmax (fp32) for backward.
-    outside = tokens * (4 * arch.hidden + 8)
+    loss_saved, loss_peak, loss_note = head_and_loss_bytes(
+        arch, batch, seq_len, compute_bytes, head_bytes, method == "full", device, loss)
+    outside = final_norm_saved(arch, tokens, compute_bytes) + loss_saved
     saved = (arch.layers * tokens * arch.hidden * compute_bytes if checkpointing else arch.layers * layer) + outside
-    # At the loss backward: saved log-softmax + its incoming gradient + the logits' gradient, all fp32.
-    logits = 3 * 4 * tokens * arch.vocab
     backward = layer_backward_bytes(arch, batch, seq_len, compute_bytes, bits) + (layer if checkpointing else 0)
-    if logits >= backward:
-        return saved, logits, "fp32 logits and loss buffers at the loss backward (3 x tokens x vocab x 4 bytes)"
+    if loss_peak >= backward:
+        return saved, loss_peak, loss_note
     return saved, backward, "one layer's backward working set (recomputed activations + gradients in flight)"
 
 
@@ -217,7 +187,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (0 saves activations)")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    parser.add_argument("--device", choices=DEVICES, default="cuda", help="cpu: fp32, no CUDA context")
+    parser.add_argument("--device", choices=DEVICES, default="cuda", help="cpu: no CUDA context")
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto",
+                        help="auto: bf16 on cuda, fp32 on cpu (as the recipe key quantization.compute_dtype)")
+    parser.add_argument("--embeddings", choices=EMBEDDINGS, default="16bit", help="embedding and lm_head storage")
+    parser.add_argument("--loss", choices=LOSSES, default="fused",
+                        help="fused: TRL's chunked LM head (our trainer); full: fp32 logits (transformers)")
     parser.add_argument("--no-double-quant", dest="double_quant", action="store_false")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--anchors", action="store_true", help="the 7B families next to published measurements")
@@ -233,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give a model: a config.json, a model folder, a shipped name (mistral-7b) or a hub id")
     bits = args.bits or (4 if args.method == "qlora" else 16)
     result = estimate(load_model_config(args.model), args.method, bits, args.seq_len, args.batch, args.rank,
-                      args.gradient_checkpointing, args.optimizer, args.device, args.lora_dropout, args.double_quant)
+                      args.gradient_checkpointing, args.optimizer, args.device, args.lora_dropout, args.double_quant,
+                      args.compute_dtype, args.embeddings, args.loss)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render_table(result))
     return 0

@@ -39,7 +39,7 @@ def render_table(result: Estimate) -> str:
     lines = [
         f"memory estimate for {result.model}: {result.params / 1e9:.3f} B parameters, "
         f"{result.trainable_params / 1e6:.2f} M trainable",
-        f"{how}, {s['device']} ({'bf16' if s['device'] == 'cuda' else 'fp32'} compute)",
+        f"{how}, {s['device']} ({s['compute']} compute), embeddings {s['embeddings']}, {s['loss']} loss",
         "",
         f"{'part':<32}{'bytes':>16}{'GiB':>9}  how",
     ]
@@ -64,11 +64,13 @@ ANCHORS = (
     Anchor("unsloth README: Mistral-7B QLoRA, Slim Orca, 1x A100 40GB ('Unsloth Open' 12465 MB)", "mistral-7b",
            12.465 * GB, False, dict(batch=2, seq_len=2048, rank=16, lora_dropout=0.0, optimizer="paged_adamw_8bit"),
            "batch 2 and adamw_8bit as in unsloth's benchmark notes, rank 16, all linear, checkpointing; the length "
-           "is not published (Slim Orca rows are long). Unsloth's own kernels avoid most of the fp32 logits "
-           "buffers; the same run with HF + FA2 used 19385 MB, with plain HF 32853 MB"),
+           "is not published (Slim Orca rows are long: see the length at which ours reaches theirs). Like TRL's "
+           "fused LM head in our trainer, unsloth's fused cross-entropy never holds the full fp32 logits; the "
+           "same run with HF + FA2 used 19385 MB, with plain HF 32853 MB"),
     Anchor("LLaMA-Factory wiki via unsloth README: LLaMA2-7B, HF, 4-bit, 1x A100: 9 GB", "llama2-7b",
-           9 * GB, True, dict(batch=4, seq_len=1024, rank=8, lora_dropout=0.0),
-           "batch 4, max length 1024, rank 8 as published; real rows are shorter than the maximum with dynamic "
+           9 * GB, True, dict(batch=4, seq_len=1024, rank=8, lora_dropout=0.0, loss="full"),
+           "batch 4, max length 1024, rank 8 as published, and the HF Trainer's loss on full fp32 logits (ours, "
+           "TRL's fused LM head, needs ~0.5 GiB less); real rows are shorter than the maximum with dynamic "
            "padding, and LLaMA-Factory's default then adapted q_proj/v_proj only; GPU memory as nvidia-smi shows it"),
     Anchor("LLaMA-Factory README: 7B QLoRA 4-bit, 6 GB (marked 'estimated')", "llama2-7b",
            6 * GB, True, dict(batch=1, seq_len=512, rank=8, lora_dropout=0.0),
@@ -76,13 +78,15 @@ ANCHORS = (
     Anchor("torchtune README: Llama-3.1-8B QLoRA, 1x RTX 4090: 7.4 GiB", "llama3-8b",
            7.4, False, dict(batch=2, seq_len=2048, rank=8, lora_dropout=0.0),
            "batch 2 packed to 2048 (no padding), rank 8, activation checkpointing, torch.compile; torchtune's "
-           "chunked cross-entropy never holds tokens x 128256 fp32 logits at once, which is most of our number"),
+           "chunked cross-entropy, like TRL's fused LM head in our trainer, never holds tokens x 128256 fp32 "
+           "logits at once (they would add ~5.5 GiB); we count a padding mask per layer that packing avoids"),
 )
 
 
 def _anchor_row(anchor: Anchor) -> dict:
     config = load_model_config(anchor.config)
-    settings = {"method": "qlora", "bits": 4, "optimizer": "adamw", "gradient_checkpointing": True, **anchor.settings}
+    settings = {"method": "qlora", "bits": 4, "optimizer": "adamw", "gradient_checkpointing": True, "loss": "fused",
+                **anchor.settings}
     ours = estimate(config, **settings)
     total = ours.total_bytes - (0 if anchor.includes_cuda_context else CUDA_CONTEXT_BYTES)
     return {
@@ -91,7 +95,7 @@ def _anchor_row(anchor: Anchor) -> dict:
         "estimate_gib": round(total / GIB, 2),
         "ratio": round(total / GIB / anchor.published_gib, 2),
         "settings": settings,
-        "estimate_without_logits_gib": round((total - _logits_bytes(ours)) / GIB, 2),
+        "estimate_without_loss_gib": round((total - _loss_bytes(ours)) / GIB, 2),
         "largest_parts_gib": {k: round(v / GIB, 2) for k, v in sorted(ours.breakdown.items(), key=_size)[:3]},
         "tokens_to_reach_published": _tokens_to_reach(config, settings, anchor),
         "why_they_differ": anchor.why,
@@ -102,8 +106,8 @@ def _size(item: tuple[str, int]) -> int:
     return -item[1]
 
 
-def _logits_bytes(result: Estimate) -> int:
-    """The fp32 logits/loss buffers, when they are the peak transient (what a chunked loss avoids)."""
+def _loss_bytes(result: Estimate) -> int:
+    """The LM head and loss buffers, when they are the peak transient (see training/memory_loss.py)."""
     return result.breakdown["peak_transient"] if "logits" in result.notes["peak_transient"] else 0
 
 
@@ -125,16 +129,17 @@ def print_anchors(as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    print("QLoRA on the 7B families: our estimate (HF transformers + PEFT + bitsandbytes path, bf16, batch and")
-    print("length as each source states) next to published peaks. 'CUDA context' is left out where the source")
-    print("reports torch's allocator and kept where it reports nvidia-smi.\n")
+    print("QLoRA on the 7B families: our estimate (transformers + PEFT + bitsandbytes + TRL's fused LM head, bf16,")
+    print("batch, length and loss as each source states) next to published peaks. 'CUDA context' is left out where")
+    print("the source reports torch's allocator and kept where it reports nvidia-smi.\n")
     for row in rows:
         s = row["settings"]
         print(f"- {row['anchor']}")
         print(f"  published {row['published_gib']:.2f} GiB | ours {row['estimate_gib']:.2f} GiB "
-              f"(ratio {row['ratio']}) at batch {s['batch']} x {s['seq_len']}, rank {s['rank']}, {s['optimizer']}")
+              f"(ratio {row['ratio']}) at batch {s['batch']} x {s['seq_len']}, rank {s['rank']}, {s['optimizer']}, "
+              f"{s['loss']} loss")
         print(f"  our largest parts (GiB): {row['largest_parts_gib']}; "
-              f"without the fp32 logits buffers: {row['estimate_without_logits_gib']:.2f} GiB")
+              f"without the LM head and loss buffers: {row['estimate_without_loss_gib']:.2f} GiB")
         reach = row["tokens_to_reach_published"]
         print(f"  our estimate equals the published number at {reach} tokens per step" if reach else
               "  our estimate is above the published number even at one token per row")

@@ -3,9 +3,11 @@
 QLoRA as in the paper: NF4 weights with double quantisation, bfloat16 compute (float16 on
 GPUs without bfloat16, float32 on the CPU), k-bit training preparation, gradient
 checkpointing, and LoRA on every linear layer of the decoder (per family, see
-training/families.py). Each GPU process loads the whole model on its own device, which is
-what DDP under `accelerate launch` expects; under FSDP the model is loaded on the CPU and
-sharded by accelerate.
+training/families.py). The unquantised frozen weights load in 16-bit; the k-bit preparation
+upcasts the small ones (norms, biases) to float32 but keeps the embedding and LM head in 16-bit
+(or NF4 with `quantization.embeddings: 4bit`; see training/embeddings.py). Each GPU process
+loads the whole model on its own device, which is what DDP under `accelerate launch` expects;
+under FSDP the model is loaded on the CPU and sharded by accelerate.
 """
 
 from __future__ import annotations
@@ -89,12 +91,14 @@ def load_base_model(
     model: ModelSettings, quant: QuantizationSettings, gradient_checkpointing: bool, device: torch.device
 ):
     """The frozen base model, quantised as asked and ready for k-bit training."""
-    from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
+
+    from training.embeddings import quantize_embeddings
 
     check_family(model)
     dtype = compute_dtype(quant.compute_dtype, device)
-    kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code, "dtype": dtype}
+    kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    kwargs["dtype"] = dtype if quant.bits == 16 else frozen_weights_dtype(dtype)
     kwargs["device_map"] = None if fsdp_enabled() else {"": str(device)}
     if quant.bits < 16:
         kwargs["quantization_config"] = bitsandbytes_config(quant, dtype)
@@ -104,12 +108,50 @@ def load_base_model(
         keep_cpu_4bit_weights_differentiable(base)
     # FSDP needs one dtype per flattened shard: the fp32 upcast of the k-bit preparation would break it.
     if quant.bits < 16 and not fsdp_enabled():
-        base = prepare_model_for_kbit_training(
-            base,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS,
-        )
+        if quant.embeddings == "4bit":
+            quantize_embeddings(base, quant.quant_type)
+        prepare_for_kbit_training(base, gradient_checkpointing)
+    elif quant.embeddings == "4bit":
+        raise ValueError("quantization.embeddings: 4bit needs a 4/8-bit model trained without FSDP; "
+                         "set quantization.embeddings: 16bit")
     return base
+
+
+def frozen_weights_dtype(compute: torch.dtype) -> torch.dtype:
+    """Load dtype of a 4/8-bit model's unquantised weights: 16-bit, as frozen weights need no fp32 copy.
+
+    The compute dtype where it is 16-bit (GPUs); bfloat16 under float32 compute (the CPU), the
+    dtype of the checkpoints of the bundle's families.
+    """
+    return compute if compute in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def prepare_for_kbit_training(model, gradient_checkpointing: bool) -> None:
+    """PEFT's `prepare_model_for_kbit_training`, except that the embedding and LM head are not upcast.
+
+    As PEFT's (0.18-0.21): every weight frozen, the unquantised 16-bit ones (norms, biases) upcast to
+    float32, gradient checkpointing on, and input embeddings that require grad only for reentrant
+    checkpointing. The embedding and LM head keep their storage and compute in float32 around it
+    (training/embeddings.py), so the loss is the upcast model's.
+    """
+    from training.embeddings import compute_embeddings_in_float32, embedding_parameters
+
+    kept = embedding_parameters(model)
+    for param in model.parameters():
+        param.requires_grad = False
+        if param.dtype not in (torch.float16, torch.bfloat16):
+            continue  # quantised, or already float32
+        if id(param) not in kept:
+            param.data = param.data.float()
+        elif param.device.type == "cpu":
+            # A 16-bit weight loaded on the CPU is a view of the checkpoint's memory map: it would keep
+            # the whole file mapped, and resident once quantisation has read it (SmolLM2: +270 MB).
+            param.data = param.data.clone()
+    compute_embeddings_in_float32(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(GRADIENT_CHECKPOINTING_KWARGS))
+        if GRADIENT_CHECKPOINTING_KWARGS["use_reentrant"]:
+            model.enable_input_require_grads()
 
 
 def check_family(model: ModelSettings) -> None:
