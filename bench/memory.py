@@ -128,6 +128,7 @@ def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -
     from transformers import Trainer, TrainerCallback
 
     from training.data import as_dataset
+    from training.encode import IGNORE_INDEX
     from training.model import compute_dtype, load_tokenizer
     from training.packing import choose_batching
     from training.train import build_trainer
@@ -166,6 +167,7 @@ def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -
         "tokens_real": sum(lengths),
         "tokens_computed": sum(lengths) if batching.packed else len(lengths) * max(lengths),
         "longest": max(lengths),
+        "trained_positions": sum(label != IGNORE_INDEX for r in rows for label in r.labels[1:]),
     }
 
 
@@ -202,12 +204,14 @@ def run_worker(name: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int) -> float:
+def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int, trained: int) -> float:
+    """The estimator's peak for this variant's shape; `trained`: positions carrying loss (the LM head scores those)."""
     from training.memory import estimate, load_model_config
 
     bits, compute, loss, _, embeddings = VARIANTS[variant]
+    share = min(1.0, trained / (batch * (seq_len - 1)))
     result = estimate(load_model_config(model_dir), "qlora" if bits < 16 else "lora", bits, seq_len, batch, 16,
-                      device="cpu", compute=compute, embeddings=embeddings, loss=loss)
+                      device="cpu", compute=compute, embeddings=embeddings, loss=loss, trained_share=share)
     return result.total_bytes / MB
 
 
@@ -315,7 +319,8 @@ def main() -> int:
     longest, real = results["qlora-padded"]["longest"], results["qlora-packed"]["tokens_real"]
     shapes = {name: (args.batch, args.seq_len) for name in VARIANTS}
     shapes.update({"qlora-padded": (args.batch, longest), "qlora-packed": (1, real)})
-    estimates = {name: estimated_mb(args.model, name, *shape) for name, shape in shapes.items()}
+    estimates = {name: estimated_mb(args.model, name, *shape, results[name]["trained_positions"])
+                 for name, shape in shapes.items()}
     figures = report(results, estimates, losses, padding_share_of_random_batches(args.model, args.batch), args)
     print(json.dumps(figures))
     return 0

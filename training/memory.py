@@ -82,10 +82,12 @@ def estimate(
     config: dict, method: str, bits: int, seq_len: int, batch: int, rank: int,
     gradient_checkpointing: bool = True, optimizer: str = "adamw", device: str = "cuda",
     lora_dropout: float = 0.05, double_quant: bool = True, compute: str = "auto", embeddings: str = "16bit",
-    loss: str = "fused",
+    loss: str = "fused", trained_share: float = 1.0,
 ) -> Estimate:
     """Peak memory of one step of `method` at `batch` x `seq_len` tokens; see the module docstring."""
     _check_settings(method, bits, seq_len, batch, rank, optimizer, device, compute, embeddings, loss)
+    if not 0 < trained_share <= 1:
+        raise ValueError(f"trained_share: {trained_share} is not in (0, 1]: the share of positions that carry loss")
     arch = architecture_of(config)
     compute_bytes = COMPUTE_DTYPES[compute] or (2 if device == "cuda" else 4)
     parts, notes = {}, {}
@@ -109,7 +111,7 @@ def estimate(
         head_bytes = compute_bytes if bits == 16 else 2 if embeddings == "16bit" else 0
         parts["activations"], parts["peak_transient"], notes["peak_transient"] = _training_activations(
             arch, method, batch, seq_len, rank, lora_dropout, gradient_checkpointing, compute_bytes, bits, device,
-            head_bytes, loss)
+            head_bytes, loss, trained_share)
         notes["activations"] = ("one checkpointed hidden state per layer" if gradient_checkpointing
                                 else "everything autograd saves in every layer")
     if device == "cuda":
@@ -118,7 +120,8 @@ def estimate(
     settings = dict(method=method, bits=bits, seq_len=seq_len, batch=batch, rank=rank,
                     gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, device=device,
                     lora_dropout=lora_dropout, double_quant=double_quant,
-                    compute="bf16/fp16" if compute_bytes == 2 else "fp32", embeddings=embeddings, loss=loss)
+                    compute="bf16/fp16" if compute_bytes == 2 else "fp32", embeddings=embeddings, loss=loss,
+                    trained_share=trained_share)
     return Estimate(model=arch.name, params=arch.total_params, trainable_params=sum(trainable),
                     settings=settings, breakdown=parts, notes=notes)
 
@@ -163,12 +166,12 @@ def _check_settings(method, bits, seq_len, batch, rank, optimizer, device, compu
 
 
 def _training_activations(arch, method, batch, seq_len, rank, dropout, checkpointing, compute_bytes, bits, device,
-                          head_bytes, loss):
+                          head_bytes, loss, trained_share=1.0):
     """(saved activations, the largest transient at the peak, what that transient is)."""
     tokens = batch * seq_len
     layer = sum(layer_saved_bytes(arch, method, batch, seq_len, rank, dropout, compute_bytes, device).values())
     loss_saved, loss_peak, loss_note = head_and_loss_bytes(
-        arch, batch, seq_len, compute_bytes, head_bytes, method == "full", device, loss)
+        arch, batch, seq_len, compute_bytes, head_bytes, method == "full", device, loss, trained_share)
     outside = final_norm_saved(arch, tokens, compute_bytes) + loss_saved
     saved = (arch.layers * tokens * arch.hidden * compute_bytes if checkpointing else arch.layers * layer) + outside
     backward = layer_backward_bytes(arch, batch, seq_len, compute_bytes, bits) + (layer if checkpointing else 0)
@@ -193,6 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", choices=EMBEDDINGS, default="16bit", help="embedding and lm_head storage")
     parser.add_argument("--loss", choices=LOSSES, default="fused",
                         help="fused: TRL's chunked LM head (our trainer); full: fp32 logits (transformers)")
+    parser.add_argument("--trained-share", type=float, default=1.0,
+                        help="share of the tokens that carry loss (default 1.0, an upper bound; answer-only "
+                        "instruction rows: about 0.3-0.5)")
     parser.add_argument("--no-double-quant", dest="double_quant", action="store_false")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--anchors", action="store_true", help="the 7B families next to published measurements")
@@ -209,6 +215,6 @@ def run(args: argparse.Namespace) -> int:
     bits = args.bits or (4 if args.method == "qlora" else 16)
     result = estimate(load_model_config(args.model), args.method, bits, args.seq_len, args.batch, args.rank,
                       args.gradient_checkpointing, args.optimizer, args.device, args.lora_dropout, args.double_quant,
-                      args.compute_dtype, args.embeddings, args.loss)
+                      args.compute_dtype, args.embeddings, args.loss, args.trained_share)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render_table(result))
     return 0

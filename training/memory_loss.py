@@ -6,14 +6,16 @@ trl/trainer/utils.py) and never builds the (tokens x vocabulary) logits: `Chunke
 most 4096 tokens x 32768 vocabulary columns (`TOKEN_CHUNK_SIZE`, `_CHUNKED_LOGPROB_CHUNK_SIZE`) into
 one reused tile buffer in the compute dtype, keeping online log-sum-exp statistics; its backward
 recomputes each tile and turns it into the logits' gradient. It scores `batch x (seq_len - 1)`
-positions (the labels are shifted), and allocates:
+positions (the labels are shifted; the trained ones only, see below), and allocates:
 - saved for backward: the hidden states as one contiguous copy (`hidden_states[:, :-1]` reshaped
   on the CPU, `hidden_states[mask]` on CUDA), and per position the log-normaliser and entropy;
 - in backward: the tile buffer, a float32 gradient of the hidden states (and of the head, when
   it trains), and each vocabulary chunk of the weight cast to the compute dtype (a copy only when
   the head is stored in another dtype: a 16-bit head under float32 compute on the CPU);
-- with Triton (CUDA) nothing more: a kernel folds each tile in place, and only labelled
-  positions are scored (we count every position: an upper bound). Without Triton (the CPU)
+- with Triton (CUDA) nothing more: a kernel folds each tile in place. Only labelled positions
+  are scored: by TRL with Triton, and on the CPU too in our trainer (training/lm_head.py), so the
+  estimate takes the share of trained positions (`trained_share`, 1.0 = every position, an upper
+  bound). Without Triton (the CPU)
   `_backward_tile` holds seven float32 tile-sized tensors at once (y, z, log_p, p, grad,
   is_target.float() and their difference) and the boolean target mask: 29 bytes per tile
   element besides the buffer (7.25 float32 tiles measured on SmolLM2); the forward's
@@ -44,12 +46,14 @@ def final_norm_saved(arch: Architecture, tokens: int, b: int) -> int:
 
 
 def head_and_loss_bytes(
-    arch: Architecture, batch: int, seq_len: int, b: int, head: int, trains_head: bool, device: str, loss: str
+    arch: Architecture, batch: int, seq_len: int, b: int, head: int, trains_head: bool, device: str, loss: str,
+    trained_share: float = 1.0,
 ) -> tuple[int, int, str]:
     """(bytes saved from the loss's forward to its backward, bytes of its backward's peak, what that peak is).
 
     `b`: bytes per compute element; `head`: bytes per stored head weight (2, 4, or 0 for NF4,
-    read through a dequantised 16-bit copy).
+    read through a dequantised 16-bit copy); `trained_share`: share of the positions whose next
+    token carries loss (1.0, the upper bound, for plain text; answer-only rows have less).
     """
     tokens = batch * seq_len
     cast = (head or 2) != b  # the head is multiplied in the compute dtype, through a cast copy
@@ -58,7 +62,7 @@ def head_and_loss_bytes(
         weight = arch.vocab * arch.hidden * (b if cast else 2 if head == 0 else 0)
         note = "full fp32 logits: saved log-softmax + its gradient + the logits' gradient (3 x tokens x vocab x 4)"
         return tokens * 8, logits + weight, note
-    scored = batch * (seq_len - 1)
+    scored = max(1, round(batch * (seq_len - 1) * trained_share))  # only labelled positions (training/lm_head.py)
     rows, columns = min(scored, TOKEN_CHUNK), min(arch.vocab, VOCAB_CHUNK)
     saved = scored * (arch.hidden * b + 8) + (arch.vocab * arch.hidden * 2 if head == 0 else 0)
     per_element = b + (0 if device == "cuda" else TORCH_TILE_BYTES)

@@ -100,11 +100,13 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
+    from training.lm_head import score_trained_positions_only
     from training.model import use_fp32_adapter_weights
     from training.progress import TrainingProgress
     from training.trainer_args import sft_config
 
     args = sft_config(config.training, config.work_dir, device, dtype, data.eval is not None, batching.packed)
+    score_trained_positions_only()  # the LM head skips prompt and padding positions (training/lm_head.py)
     stopping = [EarlyStoppingCallback(config.training.early_stopping_patience)] if args.load_best_model_at_end else []
     trainer = SFTTrainer(
         model=model,
