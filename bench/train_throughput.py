@@ -12,11 +12,12 @@ of `--rows` training rows (so every arm trains exactly the same rows, each once,
 - baseline, as the seed notebooks did it: transformers' Trainer, every row padded to the
   longest row of the whole dataset, loss on every token (prompt included, padding excluded);
 - ours: `training.train.build_trainer` (TRL's SFTTrainer, loss on the answers only, TRL's
-  fused and chunked LM head) with its default batching on this CPU (`training.packing: auto`):
+  fused and chunked LM head scoring only the answer positions, training/lm_head.py) with its
+  default batching on this CPU (`training.packing: auto`):
   each batch padded to its own longest row, rows grouped by length.
 A third arm, `ours-packed`, is our trainer with `training.packing=true`: each batch one
-padding-free packed row (exact; the default on GPUs). It trains the rows in another order
-(random rather than length-grouped): its throughput is comparable, its loss only roughly.
+padding-free packed row (exact; the default on GPUs), the same rows in another order (random
+rather than length-grouped).
 Runs alternate (baseline, ours, ours-packed, baseline, ...) so that a load change on the
 shared machine hits all. "Answer tokens" are the answer tokens of the rows each run trained on, counted
 at the model's input; the throughput is those per second from the start of the first step
@@ -323,14 +324,14 @@ def main() -> int:
         f"(ours: every token of its rows, padding included, as the baseline's): ours {summary['ours_model_gflops']} "
         f"GFLOP/s = {summary['ours_model_flops_fraction']:.0%} of the matmul rate, baseline "
         f"{summary['baseline_model_flops_fraction']:.0%}. With LoRA the frozen weights need no weight gradient, so "
-        "the arithmetic done is nearer 4 x params x tokens. Ours' lower fraction: TRL's fused LM head scores every "
-        "position on a CPU (only the trained ones on CUDA with Triton) and recomputes the projection in the backward "
-        "pass, and short rows make smaller matmuls."
+        "the arithmetic done is nearer 4 x params x tokens. Ours scores only the trained positions in the LM head "
+        "(training/lm_head.py) but recomputes its projection in the backward pass, and short rows make smaller "
+        "matmuls."
     )
     if args.packed_arm:
         print(
             f"our trainer packed (training.packing=true, the default on GPUs): "
-            f"{summary['ours_packed_answer_tokens_per_s']} answer tokens/s (its rows differ: compare real tokens/s, "
+            f"{summary['ours_packed_answer_tokens_per_s']} answer tokens/s (real tokens/s: "
             f"{summary['ours_packed_real_tokens_per_s']} packed vs "
             f"{summary['ours_real_tokens_per_s']} length-grouped); "
             "on a CPU a packed row's attention spans the whole row (SDPA with a dense block mask), a length-grouped "
