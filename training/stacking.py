@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.artifacts import sha256_file
 from training.fuse import load_source
 from training.fuse_math import PEFT_PREFIX, module_scale
 
@@ -63,7 +64,7 @@ def stack_frozen_adapter(model: nn.Module, adapter_dir: str | Path, allow_pickle
         "path": str(adapter_dir),
         "name": source.record.get("name") or adapter_dir.name,
         "task": source.record.get("task"),
-        "weights_sha256": _sha256(source.weights_file),
+        "weights_sha256": sha256_file(source.weights_file),
         "modules": len(hooks),
     }
 
@@ -91,9 +92,3 @@ def _device_of(layer: nn.Module) -> torch.device:
     for tensor in (*layer.parameters(), *layer.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def _sha256(path: Path) -> str:
-    from training.artifacts import sha256_file
-
-    return sha256_file(path)
