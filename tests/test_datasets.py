@@ -185,5 +185,53 @@ def test_unknown_dataset_folder_is_reported(tmp_path):
 def test_shipped_leyes_rows_follow_the_row_format(split):
     for line in (DATA_DIR / "leyes-ec" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        assert set(row) == {"id", "instruction", "input", "output", "fuente"}
+        assert set(row) - {"derivado_de"} == {"id", "instruction", "input", "output", "fuente"}
         assert row["input"] == "" and row["id"].startswith("ley-")
+
+
+def _topic_rows(start: int, count: int) -> list[dict]:
+    return [{"id": f"ley-{n:04d}", "instruction": f"¿Qué regla hay sobre el tema {n}?", "input": "",
+             "output": f"Sí. Según el artículo {n} del Código Civil, rige la regla {n}.",
+             "fuente": {"norma": "Código Civil", "articulo": str(n)}} for n in range(start, start + count)]
+
+
+def test_article_questions_derive_rows_in_their_own_split_once_per_article(tmp_path):
+    from training.data_tools.article_questions import main as derive_main
+
+    train, test = _topic_rows(1, 12), _topic_rows(13, 4)
+    # a train row on the same article as a test row: the article is asked about once, in test
+    train.append({**train[0], "id": "ley-0100", "instruction": "Otra pregunta", "fuente": {"norma": "Código Civil", "articulo": "13"},
+                  "output": "Según el artículo 13 del Código Civil, otra regla."})
+    directory = _leyes(tmp_path, train=train, test=test)
+    assert derive_main([str(directory), "--train-every", "1", "--test-every", "2"]) == 0
+    rows = {split: [json.loads(line) for line in (directory / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for split in ("train", "test")}
+    derived = {split: [r for r in rows[split] if "derivado_de" in r] for split in rows}
+    assert len(derived["test"]) == 2 and len(derived["train"]) == 12  # test rows 13, 15; every train article but 13
+    by_id = {r["id"]: r for split in rows for r in rows[split]}
+    for split, new_rows in derived.items():
+        ids_in_split = {r["id"] for r in rows[split]}
+        for row in new_rows:
+            source = by_id[row["derivado_de"]]
+            assert row["derivado_de"] in ids_in_split  # never crosses splits
+            assert f"artículo {source['fuente']['articulo']} del Código Civil" in row["instruction"]
+            assert row["output"] == source["output"].removeprefix("Sí. ") and row["fuente"] == source["fuente"]
+    articles = [r["fuente"]["articulo"] for split in derived.values() for r in split]
+    assert len(articles) == len(set(articles))
+    assert _errors(directory) == ""
+    before = {split: (directory / f"{split}.jsonl").read_bytes() for split in rows}
+    assert derive_main([str(directory), "--train-every", "1", "--test-every", "2"]) == 0  # idempotent
+    assert before == {split: (directory / f"{split}.jsonl").read_bytes() for split in rows}
+
+
+def test_derived_row_that_drifted_from_its_source_is_reported(tmp_path):
+    from training.data_tools.article_questions import derive
+
+    train = _topic_rows(1, 9)
+    edited = {"id": "ley-0050", **derive(train[0])}
+    edited["output"] = edited["output"].replace("regla 1", "regla inventada")
+    crossing = {"id": "ley-0051", **derive(_topic_rows(20, 1)[0])}  # its source lives in the test split
+    directory = _leyes(tmp_path, train=train + [edited, crossing], test=_topic_rows(20, 1))
+    errors = _errors(directory)
+    assert "train.jsonl:10: field 'output': not the answer derived from ley-0001" in errors
+    assert "train.jsonl:11: field 'derivado_de': no row 'ley-0020' in the train split" in errors

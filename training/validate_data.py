@@ -122,6 +122,7 @@ def validate_dataset(directory: Path) -> Report:
         return report
     ids: dict[str, str] = {}
     prompts: dict[str, str] = {}
+    read: dict[str, list[tuple[str, dict]]] = {}
     for split in SPLITS:
         path = directory / f"{split}.jsonl"
         if not path.is_file():
@@ -129,6 +130,7 @@ def validate_dataset(directory: Path) -> Report:
             continue
         rows = _read_rows(path, report)
         report.rows[split] = len(rows)
+        read[split] = [(_where(path, number), row) for number, row in rows]
         for number, row in rows:
             where = _where(path, number)
             report.errors += _check_text_fields(row, where, kind)
@@ -144,8 +146,33 @@ def validate_dataset(directory: Path) -> Report:
                                      "(same instruction and input after lowercasing and collapsing spaces)")
             ids.setdefault(row_id, where)
             prompts.setdefault(prompt, where)
+    if kind == "leyes-ec":
+        report.errors += _check_derived(read)
     report.errors += _check_totals(report, kind)
     return report
+
+
+def _check_derived(read: dict[str, list[tuple[str, dict]]]) -> list[str]:
+    """A row with `derivado_de` (training/data_tools/article_questions.py) must come, in its own split,
+    from that row with the same fuente, its answer being exactly the one derived from the source."""
+    from training.data_tools.article_questions import derive
+
+    errors = []
+    for split, rows in read.items():
+        by_id = {row.get("id"): row for _, row in rows}
+        for where, row in rows:
+            if "derivado_de" not in row:
+                continue
+            source = by_id.get(row["derivado_de"])
+            if source is None:
+                errors.append(f"{where}: field 'derivado_de': no row {row['derivado_de']!r} in the {split} split "
+                              "(a derived row stays in the split of its source)")
+                continue
+            expected = derive(source)
+            if expected is None or expected["output"] != row.get("output") or expected["fuente"] != row.get("fuente"):
+                errors.append(f"{where}: field 'output': not the answer derived from {row['derivado_de']} "
+                              "(re-run python -m training.data_tools.article_questions)")
+    return errors
 
 
 def _check_totals(report: Report, kind: str) -> list[str]:
