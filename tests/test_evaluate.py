@@ -134,3 +134,25 @@ def test_adapter_template_refuses_disagreeing_or_missing_templates(tmp_path):
     with pytest.raises(ValueError, match="none: no template in its training record"):
         adapter_template([tmp_path / "none"], None)
     assert adapter_template([tmp_path / "one"], None).name == "spanish_ft-Llama-2-chat.yaml"
+
+
+def test_citation_scores_split_questions_naming_the_article_from_questions_to_recall():
+    from training.evaluate import TaskData, citation_scores, names_its_article
+
+    constitution = {"norma": "Constitución de la República del Ecuador", "articulo": "71"}
+    coip = {"norma": "Código Orgánico Integral Penal", "articulo": "144"}
+    assert names_its_article("¿Qué dice el artículo 71 de la Constitución?", constitution)
+    assert not names_its_article("¿Qué dice el artículo 72 de la Constitución?", constitution)
+    assert not names_its_article("¿Qué derechos tiene la naturaleza?", constitution)
+    questions = ["¿Qué dice el artículo 71 de la Constitución?", "¿Qué derechos tiene la naturaleza?",
+                 "¿Cómo se sanciona el homicidio?", "¿Cuál es la capital de Ecuador?"]
+    task = TaskData("leyes-ec", "x.jsonl", [[{"role": "user", "content": q}] for q in questions],
+                    ["", "", "", ""], [constitution, constitution, coip, None], [])
+    texts = ["El artículo 71 de la Constitución reconoce a la naturaleza.",  # named, right
+             "Según el artículo 72 de la Constitución, la naturaleza ...",  # recall, wrong article
+             "El artículo 144 del COIP sanciona el homicidio.",  # recall, right
+             "Quito."]  # no fuente: not counted
+    scores = citation_scores(texts, task)
+    assert scores["citation_accuracy"] == pytest.approx(2 / 3) and scores["citation_rows"] == 3
+    assert scores["citation_accuracy_named"] == 1.0 and scores["citation_rows_named"] == 1
+    assert scores["citation_accuracy_recall"] == 0.5 and scores["citation_rows_recall"] == 2

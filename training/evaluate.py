@@ -106,6 +106,36 @@ def load_task(path: str, tokenizer, template, limit: int | None) -> TaskData:
     return TaskData(name, path, questions, references, sources, encoded)
 
 
+def names_its_article(question: str, fuente: dict) -> bool:
+    """Whether the question itself names the article the answer must cite ("¿Qué dice el artículo 71 ...?")."""
+    from training.citations import canonical_article, find_citations
+
+    article = canonical_article(str(fuente.get("articulo", "")))
+    return any(citation.articulo == article for citation in find_citations(question))
+
+
+def citation_scores(texts: list[str], task: TaskData) -> dict:
+    """Share of answers citing their row's norm and article: over all rows with a `fuente`, and split
+    into rows whose question names the article (copying it is enough) and rows where the model must
+    recall the article from the topic alone."""
+    from training.citations import cites
+
+    scores = {}
+    groups = {"citation_accuracy": [], "citation_accuracy_named": [], "citation_accuracy_recall": []}
+    for text, source, question in zip(texts, task.sources, task.questions):
+        if not source:
+            continue
+        hit = cites(text, source)
+        groups["citation_accuracy"].append(hit)
+        named = names_its_article(question[-1]["content"], source)
+        groups["citation_accuracy_named" if named else "citation_accuracy_recall"].append(hit)
+    for key, hits in groups.items():
+        if hits:
+            scores[key] = sum(hits) / len(hits)
+            scores[key.replace("accuracy", "rows")] = len(hits)
+    return scores
+
+
 def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool):
     """The base model in full precision with every adapter loaded under its folder name."""
     import torch
@@ -135,8 +165,6 @@ def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | 
     """Scores of every variant on every task, plus the answers, as one JSON-able dict."""
     import sacrebleu
 
-    from training.citations import cites
-
     template_obj = load_template(adapter_template(adapters, template))
     model, tokenizer, names = load_model_with_adapters(base, adapters, allow_pickle)
     tasks = [load_task(path, tokenizer, template_obj, limit) for path in data]
@@ -150,9 +178,7 @@ def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | 
                 answers = generate_answers(model, tokenizer, template_obj, task.questions, max_new_tokens)
             texts = [a.text for a in answers]
             scores["chrf"] = sacrebleu.corpus_chrf(texts, [task.references]).score
-            with_source = [(t, s) for t, s in zip(texts, task.sources) if s]
-            if with_source:
-                scores["citation_accuracy"] = sum(cites(t, s) for t, s in with_source) / len(with_source)
+            scores.update(citation_scores(texts, task))
             scores["seconds_per_answer"] = sum(a.seconds for a in answers) / max(1, len(answers))
             entry["scores"][variant], entry["answers"][variant] = scores, texts
         results["tasks"][task.name] = entry

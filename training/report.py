@@ -9,6 +9,8 @@ from training.artifacts import write_json_atomic, write_text_atomic
 
 METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("perplexity", "perplexity ↓", "{:.1f}"),
            ("chrf", "chrF ↑", "{:.1f}"), ("citation_accuracy", "citations ↑", "{:.0%}"),
+           ("citation_accuracy_named", "citations, article named ↑", "{:.0%}"),
+           ("citation_accuracy_recall", "citations, article recalled ↑", "{:.0%}"),
            ("seconds_per_answer", "s/answer", "{:.2f}")]
 
 
@@ -32,12 +34,23 @@ def samples_section(task: dict, variants: list[str], samples: int) -> str:
     return "\n".join(out)
 
 
+def citation_note(scores: dict) -> str:
+    """What the two citation columns count (empty when the task has no `fuente`)."""
+    if "citation_rows" not in scores:
+        return ""
+    named, recall = scores.get("citation_rows_named", 0), scores.get("citation_rows_recall", 0)
+    return (f"Citations: share of answers citing the row's norm and article; {named} questions name the "
+            f"article (\"¿Qué dice el artículo 71 ...?\"), {recall} ask about a topic and the model must "
+            "recall the article.\n")
+
+
 def render_markdown(results: dict, samples: int = 3) -> str:
     variants = results["variants"]
     parts = [f"# Evaluation: `{results['base_model']}`\n",
              f"Template `{results['template']}`; greedy answers; loss on answer tokens only.\n"]
     for name, task in results["tasks"].items():
         parts += [f"## {name} ({task['rows']} held-out rows, `{task['path']}`)\n", scores_table(task, variants),
+                  citation_note(task["scores"][variants[0]]),
                   "### Samples\n", samples_section(task, variants, samples)]
     return "\n".join(parts)
 
