@@ -60,3 +60,27 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     assert leyes["stacked_on"]["weights_sha256"] == sha256_file(
         loras / "smollm2-135m-instrucciones" / "adapter_model.safetensors")
     assert json.loads((report / "report.json").read_text(encoding="utf-8"))["inputs_sha256"]
+
+
+def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
+    from training.artifacts import sha256_file
+    from training.config import load_config
+    from training.demo import BUNDLE, RECIPES, stale_reason
+
+    def config(*overrides):
+        return load_config(BUNDLE / RECIPES["leyes-ec"], ["base_model=m", "output_dir=o", *overrides])
+
+    trained = config()
+    record = {"config": trained.as_dict(),
+              "dataset": {"sha256_of": "file", "sha256": sha256_file(BUNDLE / trained.data.train)}}
+    assert stale_reason(record, config(), None) is None
+    # speed/logging knobs do not change the weights: reused
+    assert stale_reason(record, config("training.gradient_checkpointing=true", "training.logging_steps=1"), None) is None
+    assert stale_reason(record, config("training.learning_rate=0.0001"), None) == "its recipe changed (training.learning_rate)"
+    assert stale_reason(record, config("dataset.replay.rows=5"), None) == "its recipe changed (dataset.replay)"
+    # a key the schema gained after that run (its default applied then) does not make it stale
+    older = {**record, "config": {**trained.as_dict(), "quantization": {
+        k: v for k, v in trained.as_dict()["quantization"].items() if k != "embeddings"}}}
+    assert stale_reason(older, config(), None) is None
+    edited = {**record, "dataset": {**record["dataset"], "sha256": "0" * 64}}
+    assert "training rows changed" in stale_reason(edited, config(), None)

@@ -101,30 +101,63 @@ def step_adapters(model_dir: Path, settings: DemoSettings) -> dict[str, Path]:
 
 def train_demo_adapter(task: str, model_dir: Path, settings: DemoSettings, under: Path | None = None) -> Path:
     """Train one demo adapter (on top of `under` when given), or reuse the one trained before."""
-    from training.artifacts import read_record, sha256_file
+    from training.artifacts import read_record
     from training.config import load_config
     from training.train import train
 
     out_dir = settings.out / "loras" / f"{DEMO_MODEL}-{task}"
+    overrides = [f"base_model={model_dir}", f"output_dir={out_dir}", *settings.recipe_overrides]
+    if under is not None:
+        overrides.append(f"lora.stack_on={under}")
+    config = load_config(BUNDLE / RECIPES[task], overrides)
     record = read_record(out_dir) if out_dir.is_dir() else None
-    stale = under is not None and record is not None and (record.get("stacked_on") or {}).get(
-        "weights_sha256") != sha256_file(under / "adapter_model.safetensors")
+    stale = record is not None and stale_reason(record, config, under)
     if record is not None and not stale:
         say(f"2/4 {out_dir} already trained: reused (delete it to train again)")
         return out_dir
     if stale:
-        say(f"2/4 {out_dir} was trained on top of another {under.name}: training it again")
-    overrides = [f"base_model={model_dir}", f"output_dir={out_dir}", *settings.recipe_overrides]
-    if under is not None:
-        overrides.append(f"lora.stack_on={under}")
+        say(f"2/4 {out_dir}: {stale}; training it again")
     work_dir = Path(f"{out_dir}.work")
     if stale:
-        shutil.rmtree(work_dir, ignore_errors=True)  # its checkpoints belong to the old stacking
+        shutil.rmtree(work_dir, ignore_errors=True)  # its checkpoints belong to the old run
     elif any(work_dir.glob("checkpoint-*")):
         say(f"2/4 continuing the interrupted training of {task} from its last checkpoint")
         overrides.append("resume=true")
+        config = load_config(BUNDLE / RECIPES[task], overrides)
     say(f"2/4 training {task} with QLoRA: {RECIPES[task]} {' '.join(overrides)}")
-    return train(load_config(BUNDLE / RECIPES[task], overrides))
+    return train(config)
+
+
+# recipe keys that do not change the trained weights: a change there reuses the adapter
+_NO_EFFECT = {"lora": {"stack_on"}, "training": {"gradient_checkpointing", "logging_steps", "report_to", "save_steps", "save_total_limit",
+                           "keep_checkpoints"}}
+
+
+def _effective(config: dict) -> dict:
+    return {section: {k: v for k, v in (config.get(section) or {}).items() if k not in _NO_EFFECT.get(section, ())}
+            for section in ("dataset", "lora", "quantization", "training")}
+
+
+def stale_reason(record: dict, config, under: Path | None) -> str | None:
+    """Why an adapter trained earlier no longer matches its recipe, or None when it still does."""
+    from training.artifacts import sha256_file
+
+    if under is not None and (record.get("stacked_on") or {}).get("weights_sha256") != sha256_file(
+            under / "adapter_model.safetensors"):
+        return f"it was trained on top of another {under.name}"
+    train_file = Path(config.data.train)
+    if not train_file.is_file():
+        train_file = BUNDLE / train_file
+    dataset = record.get("dataset") or {}
+    if dataset.get("sha256_of") == "file" and train_file.is_file() and dataset.get("sha256") != sha256_file(train_file):
+        return f"its training rows changed ({config.data.train})"
+    trained, wanted = _effective(record.get("config") or {}), _effective(config.as_dict())
+    # a recipe key added to the schema after that run took its default then: only keys both know count
+    wanted = {section: {k: v for k, v in values.items() if k in trained.get(section, {})} for section, values in wanted.items()}
+    if trained != wanted:
+        changed = sorted(f"{s}.{k}" for s in wanted for k in wanted[s] if trained[s].get(k) != wanted[s][k])
+        return f"its recipe changed ({', '.join(changed)})"
+    return None
 
 
 def fuse_demo_adapters(adapters: dict[str, Path], out_dir: Path) -> Path:
