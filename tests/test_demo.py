@@ -84,3 +84,16 @@ def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
     assert stale_reason(older, config(), None) is None
     edited = {**record, "dataset": {**record["dataset"], "sha256": "0" * 64}}
     assert "training rows changed" in stale_reason(edited, config(), None)
+
+
+def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset():
+    import yaml
+
+    from training.demo import BUNDLE, DEMO_MODEL, preset_repetition_penalty
+
+    fused = BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado"
+    name, penalty = preset_repetition_penalty(fused)
+    assert name == "spanish_ft-ChatML"
+    preset = yaml.safe_load((BUNDLE / "presets" / "spanish_ft-ChatML.yaml").read_text(encoding="utf-8"))
+    assert penalty == preset["repetition_penalty"]
+    assert preset_repetition_penalty(BUNDLE / "training") == (None, None)  # no record: plain greedy

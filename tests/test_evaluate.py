@@ -48,11 +48,13 @@ def make_adapter(base_path, out, seed: int, repo_root):
     return out
 
 
-def greedy_one_by_one(model, tokenizer, prompt: str, steps: int) -> str:
+def greedy_one_by_one(model, tokenizer, prompt: str, steps: int, penalty: float = 1.0) -> str:
     ids = webui_encode(tokenizer, [prompt])[0]
     new = []
     for _ in range(steps):
-        logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1]
+        logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1].clone()
+        for seen in set(ids + new):
+            logits[seen] = logits[seen] / penalty if logits[seen] > 0 else logits[seen] * penalty
         token = int(logits.argmax())
         if token == tokenizer.eos_token_id:
             break
@@ -67,6 +69,18 @@ def test_batched_left_padded_generation_equals_token_by_token_greedy(tiny):
     for conversation, answer in zip(conversations, answers):
         prompt = template.render(conversation, add_generation_prompt=True)
         assert answer.text == greedy_one_by_one(model, tokenizer, prompt, 6)
+
+
+def test_repetition_penalty_penalises_tokens_already_seen(tiny):
+    _, model, tokenizer, template = tiny
+    conversations = [[{"role": "user", "content": row["instruction"]}] for row in ROWS]
+    plain = generate_answers(model, tokenizer, template, conversations, max_new_tokens=8, batch_size=3)
+    penalised = generate_answers(model, tokenizer, template, conversations, max_new_tokens=8, batch_size=3,
+                                 repetition_penalty=3.0)
+    assert [a.text for a in plain] != [a.text for a in penalised]
+    for conversation, answer in zip(conversations, penalised):
+        prompt = template.render(conversation, add_generation_prompt=True)
+        assert answer.text == greedy_one_by_one(model, tokenizer, prompt, 8, penalty=3.0)
 
 
 def test_answer_loss_is_the_token_weighted_mean_over_answer_tokens(tiny):

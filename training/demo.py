@@ -30,6 +30,7 @@ STACKED_ON = {"leyes-ec": "instrucciones"}
 DEMO_QUESTIONS = [
     "¿Cuál es la capital de Ecuador?",
     "¿Qué derechos tiene la naturaleza según la Constitución del Ecuador?",
+    "¿Qué dice el artículo 71 de la Constitución?",
     "Resume el siguiente artículo:\n\nEl Parque Nacional Galápagos protege el 97 % de la superficie terrestre del "
     "archipiélago. Cada año recibe a miles de visitantes, que deben recorrer los senderos con un guía autorizado. "
     "Las autoridades controlan el ingreso de especies invasoras para conservar la flora y la fauna únicas de las islas.",
@@ -211,6 +212,19 @@ def step_evaluate(model_dir: Path, adapters: dict[str, Path], settings: DemoSett
     return results
 
 
+def preset_repetition_penalty(adapter: Path) -> tuple[str | None, float | None]:
+    """The preset named in the adapter's record and its repetition_penalty (what the webui applies)."""
+    import yaml
+
+    from training.artifacts import read_record
+
+    name = (read_record(adapter) or {}).get("preset")
+    path = BUNDLE / "presets" / f"{name}.yaml" if name else None
+    if path is None or not path.is_file():
+        return None, None
+    return name, (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("repetition_penalty")
+
+
 def step_side_by_side(model_dir: Path, fused: Path, settings: DemoSettings) -> None:
     from training.evaluate import adapter_template, load_model_with_adapters
     from training.generate import active_variant, generate_answers
@@ -219,11 +233,14 @@ def step_side_by_side(model_dir: Path, fused: Path, settings: DemoSettings) -> N
     template = load_template(adapter_template([fused], None))
     model, tokenizer, names = load_model_with_adapters(str(model_dir), [fused], allow_pickle=False)
     conversations = [[{"role": "user", "content": q}] for q in DEMO_QUESTIONS]
-    say("4/4 base model vs fused adapter")
+    preset, penalty = preset_repetition_penalty(fused)
+    how = f"greedy, repetition_penalty {penalty} of the preset {preset}" if penalty else "greedy"
+    say(f"4/4 base model vs fused adapter ({how})")
     answers = {}
     for variant in (None, names[0]):
         with active_variant(model, variant):
-            answers[variant] = generate_answers(model, tokenizer, template, conversations, settings.max_new_tokens)
+            answers[variant] = generate_answers(model, tokenizer, template, conversations, settings.max_new_tokens,
+                                                repetition_penalty=penalty)
     for i, question in enumerate(DEMO_QUESTIONS):
         print(f"\n> {question}\n  base:      {answers[None][i].text}\n  fusionado: {answers[names[0]][i].text}")
 

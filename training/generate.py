@@ -52,8 +52,14 @@ def _left_padded(id_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, template: InstructionTemplate, conversations: list[list[dict]],
-                     max_new_tokens: int = 96, batch_size: int = 8) -> list[Answer]:
-    """Greedy answers to each conversation (its last message is the user's question)."""
+                     max_new_tokens: int = 96, batch_size: int = 8,
+                     repetition_penalty: float | None = None) -> list[Answer]:
+    """Greedy answers to each conversation (its last message is the user's question); with
+    `repetition_penalty` (a preset's), the logits of tokens already in the prompt or the answer are
+    penalised as transformers and the webui do (divided by it when positive, multiplied when negative)."""
+    extra = {} if repetition_penalty in (None, 1.0) else {"repetition_penalty": float(repetition_penalty)}
+    if extra:
+        batch_size = 1  # left padding would count the pad token (often EOS) as already seen
     prompts = [template.render(messages, add_generation_prompt=True) for messages in conversations]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[Answer] = []
@@ -63,7 +69,7 @@ def generate_answers(model, tokenizer, template: InstructionTemplate, conversati
         started = time.perf_counter()
         output = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                eos_token_id=tokenizer.eos_token_id)
+                                eos_token_id=tokenizer.eos_token_id, **extra)
         seconds = (time.perf_counter() - started) / len(id_lists)
         for row in output[:, input_ids.shape[1]:].tolist():
             if tokenizer.eos_token_id in row:
