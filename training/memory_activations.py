@@ -6,9 +6,11 @@ saved_tensors_hooks` on real models in tests/test_memory.py) for transformers 5.
   and a log-sum-exp per head; under a padding mask K/V are repeated to all heads and the boolean
   mask is converted to a float bias that each layer saves; the gated MLP saves gate, SiLU(gate)
   and up.
-- Falcon (one K/V head): SDPA cannot run a fused kernel on mismatched heads and falls back to
-  the math path, which saves q, the expanded K and V, and the softmax probabilities
-  (batch x heads x seq x seq).
+- Falcon (one K/V head), transformers 5.6: SDPA cannot run a fused kernel on mismatched heads and
+  falls back to the math path, which saves q, the expanded K and V, and the softmax probabilities
+  (batch x heads x seq x seq). Later releases run Falcon through transformers' shared attention
+  interface (`falcon_math_attention` tells which one is installed): SDPA then saves q, the one
+  K/V head, the output, a log-sum-exp and the float mask, like Llama.
 - LoRA: every adapted linear saves its input for lora_A (shared between linears reading the
   same tensor), and lora_B saves lora_A's output (rank values per token). With dropout, each
   linear saves its own dropped copy and the dropout mask instead (CPU: mask in the compute
@@ -17,18 +19,41 @@ saved_tensors_hooks` on real models in tests/test_memory.py) for transformers 5.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
+
 from training.memory_arch import Architecture
+
+
+@functools.lru_cache(maxsize=1)
+def _falcon_has_attention_interface() -> bool:
+    """Whether the installed transformers runs Falcon through its shared attention interface (read
+    from the source file, without importing torch); True when transformers is not installed."""
+    spec = importlib.util.find_spec("transformers")
+    source = Path(spec.origin).parent / "models" / "falcon" / "modeling_falcon.py" if spec and spec.origin else None
+    if source is None or not source.is_file():
+        return True
+    return "ALL_ATTENTION_FUNCTIONS" in source.read_text(encoding="utf-8")
+
+
+def falcon_math_attention(arch: Architecture) -> bool:
+    """Falcon with one K/V head on transformers' own Falcon attention (5.6): SDPA's math path."""
+    return arch.family == "falcon" and arch.kv_heads == 1 < arch.heads and not _falcon_has_attention_interface()
 
 
 def _attention_saved(arch: Architecture, batch: int, seq_len: int, b: int) -> dict[str, int]:
     tokens, q_dim = batch * seq_len, arch.heads * arch.head_dim
-    if arch.family == "falcon" and arch.kv_heads == 1 < arch.heads:
+    if falcon_math_attention(arch):
         return {
             "attention q, k, v (math SDPA: the one K/V head expanded to all heads)": 3 * tokens * q_dim * b,
             "attention probabilities (batch x heads x seq^2)": batch * arch.heads * seq_len**2 * b,
         }
     padded = batch > 1  # a batch of several rows has padding, so SDPA gets a mask
-    kv_dim = q_dim if padded or arch.family == "falcon" else arch.kv_heads * arch.head_dim
+    if arch.family == "falcon":  # the shared interface: the K/V heads are broadcast, not copied
+        kv_dim = q_dim if arch.kv_heads > 1 else arch.kv_heads * arch.head_dim
+    else:
+        kv_dim = q_dim if padded else arch.kv_heads * arch.head_dim
     terms = {
         "attention q, k, v, output (SDPA)": tokens * (2 * q_dim + 2 * kv_dim) * b,
         "attention log-sum-exp (fp32)": tokens * arch.heads * 4,
@@ -46,7 +71,7 @@ def _linear_inputs(arch: Architecture, tokens: int, b: int, mask_b: int, dropout
     if arch.family == "falcon":
         norm_outputs = 1 if arch.parallel_attn else 2
         # the math attention path reshapes its output into a new tensor for `dense`
-        dense_input = arch.hidden if arch.kv_heads == 1 < arch.heads else 0
+        dense_input = arch.hidden if falcon_math_attention(arch) else 0
         shared = norm_outputs * arch.hidden + dense_input + arch.intermediate
     else:  # q/k/v share the first norm's output, gate/up the second's; o_proj's is SDPA's output
         shared = 2 * arch.hidden + arch.intermediate
@@ -85,7 +110,7 @@ def _dequantised_weight(arch: Architecture, b: int, bits: int) -> int:
 
 
 def _attention_probs(arch: Architecture, batch: int, seq_len: int, b: int) -> int:
-    return batch * arch.heads * seq_len**2 * b if arch.family == "falcon" and arch.kv_heads == 1 < arch.heads else 0
+    return batch * arch.heads * seq_len**2 * b if falcon_math_attention(arch) else 0
 
 
 def layer_backward_bytes(arch: Architecture, batch: int, seq_len: int, b: int, bits: int) -> int:

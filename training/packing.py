@@ -13,8 +13,10 @@ Llama and Mistral models, and that Falcon would not be exact):
   token is -100, because nothing before it in the row belongs to it. The loss stays the mean
   over the answer tokens of the batch.
 A family whose attention ignores position ids when it builds its mask (Falcon in
-transformers 5.6) would let packed conversations attend to each other; it trains padded
-and length-grouped instead, and says so. `training.packing: false` does the same for any
+transformers 5.6; later releases build it from the position ids) would let packed
+conversations attend to each other; it trains padded and length-grouped instead, and says so.
+Whether the installed transformers keeps packed Falcon conversations apart is measured once per
+process on a tiny random model (`positions_separate_conversations`). `training.packing: false` does the same for any
 family.
 
 Cost: with SDPA or eager attention the block-diagonal mask is dense, so every token of a
@@ -28,6 +30,7 @@ packs on GPUs only; `true` packs everywhere, `false` nowhere.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -55,9 +58,31 @@ class PackedCollator:
         return batch
 
 
+@functools.lru_cache(maxsize=None)
+def positions_separate_conversations(family: str) -> bool:
+    """Whether the installed transformers keeps two conversations packed in one row apart for this
+    family: a tiny random model of its architecture gives the second conversation the same logits
+    packed (restarting position ids, no attention mask) as alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(FAMILIES[family].model_types[0], vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=1, intermediate_size=64,
+                                  max_position_embeddings=64)
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    first, second = torch.randint(0, 64, (7,), generator=generator), torch.randint(0, 64, (5,), generator=generator)
+    positions = torch.cat([torch.arange(7), torch.arange(5)])
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([first, second])[None], position_ids=positions[None], use_cache=False).logits
+        alone = model(input_ids=second[None], use_cache=False).logits
+    return torch.allclose(packed[0, 7:], alone[0], atol=1e-4)
+
+
 def packing_blocker(family: str) -> str | None:
     """Why packing would not be exact for this family, or None when it is."""
-    if FAMILIES[family].packs_by_position_ids:
+    if FAMILIES[family].packs_by_position_ids or positions_separate_conversations(family):
         return None
     return (
         f"{FAMILIES[family].architecture}'s attention in this transformers version builds its mask without the "
