@@ -154,9 +154,8 @@ def stale_reason(record: dict, config, under: Path | None) -> str | None:
         return f"its training rows changed ({config.data.train})"
     trained, wanted = _effective(record.get("config") or {}), _effective(config.as_dict())
     # a recipe key added to the schema after that run took its default then: only keys both know count
-    wanted = {section: {k: v for k, v in values.items() if k in trained.get(section, {})} for section, values in wanted.items()}
-    if trained != wanted:
-        changed = sorted(f"{s}.{k}" for s in wanted for k in wanted[s] if trained[s].get(k) != wanted[s][k])
+    changed = sorted(f"{s}.{k}" for s, values in trained.items() for k, v in values.items() if wanted[s].get(k) != v)
+    if changed:
         return f"its recipe changed ({', '.join(changed)})"
     return None
 

@@ -16,8 +16,8 @@ A family whose attention ignores position ids when it builds its mask (Falcon in
 transformers 5.6; later releases build it from the position ids) would let packed
 conversations attend to each other; it trains padded and length-grouped instead, and says so.
 Whether the installed transformers keeps packed Falcon conversations apart is measured once per
-process on a tiny random model (`positions_separate_conversations`). `training.packing: false` does the same for any
-family.
+process on a tiny random model (`positions_separate_conversations`). `training.packing: false`
+pads for any family.
 
 Cost: with SDPA or eager attention the block-diagonal mask is dense, so every token of a
 packed row pays attention over the whole row (the batch's tokens), where a length-grouped

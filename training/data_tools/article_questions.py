@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 import zlib
 from pathlib import Path
+
+from training.artifacts import write_text_atomic
 
 QUESTIONS = [
     "¿Qué dice el artículo {n} {de_norma}?",
@@ -74,18 +74,6 @@ def _read(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _write_atomic(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     next_id = max(int(row["id"].split("-")[1]) for row in all_rows) + 1
     added = {}
     for name, every in (("test", args.test_every), ("train", args.train_every)):  # held-out first
-        eligible = [row for row in splits[name] if "derivado_de" not in row and derive(row) is not None]
+        eligible = [(row["id"], new) for row in splits[name] if "derivado_de" not in row
+                    and (new := derive(row)) is not None]
         count = 0
-        for row in eligible[::every]:
-            new = derive(row)
+        for source_id, new in eligible[::every]:
             key = (new["fuente"]["norma"], str(new["fuente"]["articulo"]))
-            if row["id"] in done or key in used:
+            if source_id in done or key in used:
                 continue
             used.add(key)
             splits[name].append({"id": f"ley-{next_id:04d}", **new})
@@ -114,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             count += 1
         added[name] = count
     for name, rows in splits.items():
-        _write_atomic(args.dataset / f"{name}.jsonl", rows)
+        write_text_atomic(args.dataset / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"derived rows added: train {added['train']}, test {added['test']}")
     return 0
 
