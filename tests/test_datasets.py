@@ -235,3 +235,13 @@ def test_derived_row_that_drifted_from_its_source_is_reported(tmp_path):
     errors = _errors(directory)
     assert "train.jsonl:10: field 'output': not the answer derived from ley-0001" in errors
     assert "train.jsonl:11: field 'derivado_de': no row 'ley-0020' in the train split" in errors
+
+
+def test_article_questions_refuse_invalid_data_and_write_nothing(tmp_path, capsys):
+    from training.data_tools.article_questions import main as derive_main
+
+    directory = _leyes(tmp_path, train=_topic_rows(1, 9) + ["{not json"], test=_topic_rows(20, 1))
+    before = (directory / "train.jsonl").read_bytes()
+    assert derive_main([str(directory)]) == 1
+    assert "train.jsonl:10" in capsys.readouterr().err
+    assert (directory / "train.jsonl").read_bytes() == before

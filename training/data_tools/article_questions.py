@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-every", type=int, default=2, help="derive from every Nth eligible test row")
     args = parser.parse_args(argv)
 
+    from training.validate_data import validate_dataset
+
+    errors = validate_dataset(args.dataset).errors
+    if errors:  # derive only from data that passes the validator (ids, JSON, citations)
+        print("\n".join(errors) + f"\n{len(errors)} error(s) in {args.dataset}: fix them, then run this again; "
+              "nothing was written", file=sys.stderr)
+        return 1
     splits = {name: _read(args.dataset / f"{name}.jsonl") for name in ("test", "train")}
     all_rows = [row for rows in splits.values() for row in rows]
     done = {row["derivado_de"] for row in all_rows if "derivado_de" in row}
