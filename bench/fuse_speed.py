@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.fuse import fuse_adapters  # noqa: E402
+from training.adapters.fuse import fuse_adapters  # noqa: E402
 
 HIDDEN, INTERMEDIATE, RANK = 4096, 11008, 16
 SHAPES = {  # module: (d_in, d_out)
@@ -115,7 +115,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=32)
     layers = parser.parse_args().layers
-    torch.set_num_threads(1)  # ours runs on one thread (see training/fuse.py); same for the baselines
+    torch.set_num_threads(1)  # ours runs on one thread (see training/adapters/fuse.py); same for the baselines
     print(f"load average before the run: {os.getloadavg()[0]:.1f} (2 cores shared with other jobs)")
     sources = [adapter_tensors(layers, seed) for seed in (1, 2)]
     with tempfile.TemporaryDirectory() as tmp:

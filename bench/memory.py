@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_MODEL = "demo-output/models/smollm2-135m"
 TEMPLATE = "instruction-templates/spanish_ft-ChatML.yaml"
 MB = 1024**2
-TEST_ROWS = "training/data/instrucciones-es/test.jsonl"
+TEST_ROWS = "training/datasets/instrucciones-es/test.jsonl"
 STEPS = 2  # the peak of the second step: optimizer states exist, as in every step of a real run
 # name: (quantization bits, compute dtype, loss, rows, embeddings)
 VARIANTS = {
@@ -73,7 +73,7 @@ def bench_config(model_dir: str, variant: str, batch: int, work: Path):
 
     bits, compute, _, _, embeddings = VARIANTS[variant]
     recipe = {"family": "llama2", "base_model": model_dir, "template": TEMPLATE, "output_dir": str(work / "out"),
-              "dataset": {"train": "training/data/instrucciones-es/train.jsonl", "max_tokens": 384}}
+              "dataset": {"train": "training/datasets/instrucciones-es/train.jsonl", "max_tokens": 384}}
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.yaml").write_text(json.dumps(recipe), encoding="utf-8")
     overrides = [f"quantization.bits={bits}", f"quantization.compute_dtype={compute}", "lora.rank=16",
@@ -87,8 +87,8 @@ def bench_rows(config, tokenizer, rows: str, batch: int, seq_len: int) -> list:
     """`batch` rows: synthetic ones of exactly `seq_len` tokens (answer labels on the second half), or real ones."""
     import random
 
-    from training.data import load_split
-    from training.encode import IGNORE_INDEX, Encoded
+    from training.data.prepare import load_split
+    from training.data.tokens import IGNORE_INDEX, Encoded
     from training.templates import load_template
 
     if rows == "synthetic":
@@ -110,7 +110,7 @@ def load_model(config):
     """The LoRA-wrapped model as the trainer gets it, every weight read (a memory map is resident once touched)."""
     import torch
 
-    from training.model import add_lora, load_base_model, use_fp32_adapter_weights
+    from training.model.load import add_lora, load_base_model, use_fp32_adapter_weights
 
     model = load_base_model(config.model, config.quantization, True, torch.device("cpu"))
     model = add_lora(model, config.lora, config.quantization.bits)
@@ -127,10 +127,10 @@ def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from training.data import as_dataset
-    from training.encode import IGNORE_INDEX
-    from training.model import compute_dtype, load_tokenizer
-    from training.packing import choose_batching
+    from training.data.prepare import as_dataset
+    from training.data.tokens import IGNORE_INDEX
+    from training.model.load import compute_dtype, load_tokenizer
+    from training.data.batches import choose_batching
     from training.train import build_trainer
 
     class ResetPeakAtLastStep(TrainerCallback):
@@ -177,9 +177,9 @@ def answer_loss_worker(name: str, model_dir: str, work: Path) -> dict:
 
     import torch
 
-    from training.evaluate import load_task
-    from training.generate import answer_loss
-    from training.model import load_base_model, load_tokenizer
+    from training.evaluate.compare import load_task
+    from training.evaluate.generate import answer_loss
+    from training.model.load import load_base_model, load_tokenizer
     from training.templates import load_template
 
     bits, embeddings = QUALITY[name]
@@ -206,7 +206,8 @@ def run_worker(name: str, args) -> dict:
 
 def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int, trained: int) -> float:
     """The estimator's peak for this variant's shape; `trained`: positions carrying loss (the LM head scores those)."""
-    from training.memory import estimate, load_model_config
+    from training.memory.estimate import estimate
+    from training.memory.arch import load_model_config
 
     bits, compute, loss, _, embeddings = VARIANTS[variant]
     share = min(1.0, trained / (batch * (seq_len - 1)))
@@ -219,8 +220,8 @@ def padding_share_of_random_batches(model_dir: str, batch: int) -> float:
     """Padding share of random batches of instrucciones-es rows padded to their longest: what packing saves."""
     import random
 
-    from training.data import load_split
-    from training.model import load_tokenizer
+    from training.data.prepare import load_split
+    from training.model.load import load_tokenizer
     from training.templates import load_template
 
     with tempfile.TemporaryDirectory() as tmp:

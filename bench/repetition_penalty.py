@@ -22,9 +22,9 @@ sys.path.insert(0, str(BUNDLE))
 def main(penalties: list[float]) -> None:
     import sacrebleu
 
-    from training.citations import cites
-    from training.evaluate import adapter_template, load_model_with_adapters
-    from training.generate import active_variant, generate_answers
+    from training.datasets.citations import cites
+    from training.evaluate.compare import adapter_template, load_model_with_adapters
+    from training.evaluate.generate import active_variant, generate_answers
     from training.templates import load_template
 
     fused = BUNDLE / "loras" / "smollm2-135m-fusionado"

@@ -4,7 +4,7 @@
 
 Model: a randomly initialised Llama (~17M parameters: 8 layers, hidden 384) and a BPE
 tokenizer (4,096 tokens) trained in-process on the Spanish rows, both built here. Data:
-training/data/instrucciones-es/train.jsonl, rendered with the shipped Llama-2 template; the
+training/datasets/instrucciones-es/train.jsonl, rendered with the shipped Llama-2 template; the
 held-out answer loss is measured on its test.jsonl. Both runs put the same LoRA (r16, fp32
 on the CPU, all linear layers, same seed) on the same base and take the same number of
 optimizer steps with the same optimizer and learning rate: one epoch over the same seeded sample
@@ -12,7 +12,7 @@ of `--rows` training rows (so every arm trains exactly the same rows, each once,
 - baseline, as the seed notebooks did it: transformers' Trainer, every row padded to the
   longest row of the whole dataset, loss on every token (prompt included, padding excluded);
 - ours: `training.train.build_trainer` (TRL's SFTTrainer, loss on the answers only, TRL's
-  fused and chunked LM head scoring only the answer positions, training/lm_head.py) with its
+  fused and chunked LM head scoring only the answer positions, training/trainer/build.py) with its
   default batching on this CPU (`training.packing: auto`):
   each batch padded to its own longest row, rows grouped by length.
 A third arm, `ours-packed`, is our trainer with `training.packing=true`: each batch one
@@ -46,11 +46,11 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from training.config import load_config  # noqa: E402
-from training.data import load_split, prepare_data  # noqa: E402
-from training.encode import IGNORE_INDEX  # noqa: E402
-from training.generate import answer_loss  # noqa: E402
-from training.model import add_lora, load_base_model, load_tokenizer  # noqa: E402
-from training.packing import choose_batching  # noqa: E402
+from training.data.prepare import load_split, prepare_data  # noqa: E402
+from training.data.tokens import IGNORE_INDEX  # noqa: E402
+from training.evaluate.generate import answer_loss  # noqa: E402
+from training.model.load import add_lora, load_base_model, load_tokenizer  # noqa: E402
+from training.data.batches import choose_batching  # noqa: E402
 from training.templates import load_template  # noqa: E402
 
 DATA = ROOT / "training" / "data" / "instrucciones-es"
@@ -163,7 +163,7 @@ def quiet(trainer):
     """No progress bars or log prints from the trainers: this script prints one line per run."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from training.progress import TrainingProgress
+    from training.trainer.progress import TrainingProgress
 
     for callback in (ProgressCallback, PrinterCallback, TrainingProgress):
         trainer.remove_callback(callback)
@@ -325,7 +325,7 @@ def main() -> int:
         f"GFLOP/s = {summary['ours_model_flops_fraction']:.0%} of the matmul rate, baseline "
         f"{summary['baseline_model_flops_fraction']:.0%}. With LoRA the frozen weights need no weight gradient, so "
         "the arithmetic done is nearer 4 x params x tokens. Ours scores only the trained positions in the LM head "
-        "(training/lm_head.py) but recomputes its projection in the backward pass, and short rows make smaller "
+        "(training/trainer/build.py) but recomputes its projection in the backward pass, and short rows make smaller "
         "matmuls."
     )
     if args.packed_arm:

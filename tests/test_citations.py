@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.citations import NORMS, Citation, canonical_article, cites, find_citations, norm_canonical
+from training.datasets.citations import NORMS, Citation, canonical_article, cites, find_citations, norm_canonical
 
 CRE = "Constitución de la República del Ecuador"
 COIP = "Código Orgánico Integral Penal"

@@ -50,7 +50,7 @@ def test_shipped_recipe_validates_and_documents_its_launch(path, repo_root):
     assert config.template == FAMILIES[family].template_file and (repo_root / config.template).is_file()
     assert (
         config.data.train
-        == f"training/data/{'instrucciones-es' if task == 'instrucciones' else 'leyes-ec'}/train.jsonl"
+        == f"training/datasets/{'instrucciones-es' if task == 'instrucciones' else 'leyes-ec'}/train.jsonl"
     )
     assert config.lora.target_modules == FAMILIES[family].lora_targets
     header = path.read_text(encoding="utf-8").split("\nname:")[0]

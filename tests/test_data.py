@@ -12,9 +12,10 @@ import pytest
 from tiny import build_tokenizer
 
 from training.config import DataSettings
-from training.data import load_split, prepare_data, to_conversation
-from training.encode import IGNORE_INDEX
-from training.rows import DataError, RowError
+from training.data.prepare import load_split, prepare_data
+from training.data.conversations import to_conversation
+from training.data.tokens import IGNORE_INDEX
+from training.data.read import DataError, RowError
 from training.templates import load_template
 
 ROWS = [
@@ -207,8 +208,8 @@ def test_nothing_left_to_train_on_is_an_error(tmp_path, tokenizer, template):
 
 
 def test_missing_data_file_names_where_it_looked(tokenizer, template):
-    with pytest.raises(DataError, match="training/data/nowhere/train.jsonl: data file not found"):
-        load_split("training/data/nowhere/train.jsonl", SETTINGS, tokenizer, template)
+    with pytest.raises(DataError, match="training/datasets/nowhere/train.jsonl: data file not found"):
+        load_split("training/datasets/nowhere/train.jsonl", SETTINGS, tokenizer, template)
 
 
 def test_eval_fraction_holds_out_rows_and_records_counts(tmp_path, tokenizer, template):

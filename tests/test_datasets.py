@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.validate_data import CATEGORIES, DATA_DIR, RESUMIR_PREFIX, main, shipped_datasets, validate_dataset
+from training.__main__ import main as cli
+from training.datasets.validate import CATEGORIES, DATA_DIR, RESUMIR_PREFIX, shipped_datasets, validate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def test_shipped_leyes_ec_is_large_enough_and_covers_its_norms():
 
 
 def test_cli_exits_zero_on_shipped_data_without_importing_torch():
-    code = ("import sys, training.validate_data as v; rc = v.main([]); "
+    code = ("import sys, training.__main__ as m; rc = m.main(['validate-data']); "
             "assert 'torch' not in sys.modules, 'validator imported torch'; sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -169,7 +170,7 @@ def test_cli_exit_code_and_messages_on_bad_data(tmp_path, capsys):
     rows = [_ley_row(n) for n in range(1, 10)]
     rows[0] = "not json"
     directory = _leyes(tmp_path, train=rows)
-    assert main([str(directory)]) == 1
+    assert cli(["validate-data", str(directory)]) == 1
     captured = capsys.readouterr()
     assert "train.jsonl:1: invalid JSON" in captured.err
     assert "1 dataset(s), 1 error(s)" in captured.out
@@ -196,14 +197,13 @@ def _topic_rows(start: int, count: int) -> list[dict]:
 
 
 def test_article_questions_derive_rows_in_their_own_split_once_per_article(tmp_path):
-    from training.data_tools.article_questions import main as derive_main
 
     train, test = _topic_rows(1, 12), _topic_rows(13, 4)
     # a train row on the same article as a test row: the article is asked about once, in test
     train.append({**train[0], "id": "ley-0100", "instruction": "Otra pregunta", "fuente": {"norma": "Código Civil", "articulo": "13"},
                   "output": "Según el artículo 13 del Código Civil, otra regla."})
     directory = _leyes(tmp_path, train=train, test=test)
-    assert derive_main([str(directory), "--train-every", "1", "--test-every", "2"]) == 0
+    assert cli(["derive-questions", str(directory), "--train-every", "1", "--test-every", "2"]) == 0
     rows = {split: [json.loads(line) for line in (directory / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
             for split in ("train", "test")}
     derived = {split: [r for r in rows[split] if "derivado_de" in r] for split in rows}
@@ -220,12 +220,12 @@ def test_article_questions_derive_rows_in_their_own_split_once_per_article(tmp_p
     assert len(articles) == len(set(articles))
     assert _errors(directory) == ""
     before = {split: (directory / f"{split}.jsonl").read_bytes() for split in rows}
-    assert derive_main([str(directory), "--train-every", "1", "--test-every", "2"]) == 0  # idempotent
+    assert cli(["derive-questions", str(directory), "--train-every", "1", "--test-every", "2"]) == 0  # idempotent
     assert before == {split: (directory / f"{split}.jsonl").read_bytes() for split in rows}
 
 
 def test_derived_row_that_drifted_from_its_source_is_reported(tmp_path):
-    from training.data_tools.article_questions import derive
+    from training.datasets.derivation import derive
 
     train = _topic_rows(1, 9)
     edited = {"id": "ley-0050", **derive(train[0])}
@@ -238,10 +238,9 @@ def test_derived_row_that_drifted_from_its_source_is_reported(tmp_path):
 
 
 def test_article_questions_refuse_invalid_data_and_write_nothing(tmp_path, capsys):
-    from training.data_tools.article_questions import main as derive_main
 
     directory = _leyes(tmp_path, train=_topic_rows(1, 9) + ["{not json"], test=_topic_rows(20, 1))
     before = (directory / "train.jsonl").read_bytes()
-    assert derive_main([str(directory)]) == 1
+    assert cli(["derive-questions", str(directory)]) == 1
     assert "train.jsonl:10" in capsys.readouterr().err
     assert (directory / "train.jsonl").read_bytes() == before

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from training.artifacts import read_record
-from training.demo import DemoSettings, run_demo
-from training.webui_install import make_webui_skeleton
+from training.adapters.record import TrainingRecord, read_record
+from training.demo.run import DemoSettings, run_demo
+from training.demo.webui import make_webui_skeleton
 
 TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
             "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
@@ -24,10 +24,10 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     results = run_demo(settings)
 
     loras = tmp_path / "demo" / "loras"
-    fused = read_record(loras / "smollm2-135m-fusionado")
+    fused = read_record(loras / "smollm2-135m-fusionado").data
     assert fused["kind"] == "fused"
     assert [s["name"] for s in fused["sources"]] == ["smollm2-135m-instrucciones", "smollm2-135m-leyes-ec"]
-    leyes = read_record(loras / "smollm2-135m-leyes-ec")  # trained on top of instrucciones, with replay
+    leyes = read_record(loras / "smollm2-135m-leyes-ec").data  # trained on top of instrucciones, with replay
     assert leyes["stacked_on"]["path"] == str(loras / "smollm2-135m-instrucciones")
     assert leyes["dataset"]["replay"]["rows"] == 100
     assert results["variants"] == ["base", "smollm2-135m-instrucciones", "smollm2-135m-leyes-ec", "smollm2-135m-fusionado"]
@@ -54,8 +54,8 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     run_demo(DemoSettings(**{**settings.__dict__, "recipe_overrides": [*TINY_RUN, "training.seed=7"], "webui": None}))
     third = capsys.readouterr().out
     assert "was trained on top of another smollm2-135m-instrucciones" in third, third
-    leyes = read_record(loras / "smollm2-135m-leyes-ec")
-    from training.artifacts import sha256_file
+    leyes = read_record(loras / "smollm2-135m-leyes-ec").data
+    from training.files import sha256_file
 
     assert leyes["stacked_on"]["weights_sha256"] == sha256_file(
         loras / "smollm2-135m-instrucciones" / "adapter_model.safetensors")
@@ -63,9 +63,9 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
 
 
 def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
-    from training.artifacts import sha256_file
+    from training.files import sha256_file
     from training.config import load_config
-    from training.demo import BUNDLE, RECIPES, stale_reason
+    from training.demo.run import BUNDLE, RECIPES, stale_reason
 
     def config(*overrides):
         return load_config(BUNDLE / RECIPES["leyes-ec"], ["base_model=m", "output_dir=o", *overrides])
@@ -73,23 +73,23 @@ def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
     trained = config()
     record = {"config": trained.as_dict(),
               "dataset": {"sha256_of": "file", "sha256": sha256_file(BUNDLE / trained.data.train)}}
-    assert stale_reason(record, config(), None) is None
+    assert stale_reason(TrainingRecord(record), config(), None) is None
     # speed/logging knobs do not change the weights: reused
-    assert stale_reason(record, config("training.gradient_checkpointing=true", "training.logging_steps=1"), None) is None
-    assert stale_reason(record, config("training.learning_rate=0.0001"), None) == "its recipe changed (training.learning_rate)"
-    assert stale_reason(record, config("dataset.replay.rows=5"), None) == "its recipe changed (dataset.replay)"
+    assert stale_reason(TrainingRecord(record), config("training.gradient_checkpointing=true", "training.logging_steps=1"), None) is None
+    assert stale_reason(TrainingRecord(record), config("training.learning_rate=0.0001"), None) == "its recipe changed (training.learning_rate)"
+    assert stale_reason(TrainingRecord(record), config("dataset.replay.rows=5"), None) == "its recipe changed (dataset.replay)"
     # a key the schema gained after that run (its default applied then) does not make it stale
     older = {**record, "config": {**trained.as_dict(), "quantization": {
         k: v for k, v in trained.as_dict()["quantization"].items() if k != "embeddings"}}}
-    assert stale_reason(older, config(), None) is None
+    assert stale_reason(TrainingRecord(older), config(), None) is None
     edited = {**record, "dataset": {**record["dataset"], "sha256": "0" * 64}}
-    assert "training rows changed" in stale_reason(edited, config(), None)
+    assert "training rows changed" in stale_reason(TrainingRecord(edited), config(), None)
 
 
 def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset():
     import yaml
 
-    from training.demo import BUNDLE, DEMO_MODEL, preset_repetition_penalty
+    from training.demo.run import BUNDLE, DEMO_MODEL, preset_repetition_penalty
 
     fused = BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado"
     name, penalty = preset_repetition_penalty(fused)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from training import demo_model
-from training.artifacts import sha256_file
-from training.demo_model import (
+from training.demo import model as demo_model
+from training.files import sha256_file
+from training.demo.model import (
     EOS_TOKEN,
     FORMAT_VERSION,
     RECORD_NAME,

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from training.config import ConfigError, LoraSettings, ModelSettings, QuantizationSettings, load_config
 from training.families import FAMILIES
-from training.model import add_lora, keep_cpu_4bit_weights_differentiable, load_base_model, plain_linear_layers
+from training.model.load import add_lora, keep_cpu_4bit_weights_differentiable, load_base_model, plain_linear_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,12 +10,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.artifacts import RECORD_NAME
-from training.encode import webui_encode
-from training.evaluate import adapter_template, evaluate
-from training.generate import active_variant, answer_loss, generate_answers
-from training.model import choose_pad_token
-from training.report import write_report
+from training.adapters.record import RECORD_NAME
+from training.data.tokens import webui_encode
+from training.evaluate.compare import adapter_template, evaluate
+from training.evaluate.generate import active_variant, answer_loss, generate_answers
+from training.model.load import choose_pad_token
+from training.evaluate.report import write_report
 from training.templates import load_template
 
 TEMPLATE = "instruction-templates/spanish_ft-Llama-2-chat.yaml"
@@ -84,7 +84,7 @@ def test_repetition_penalty_penalises_tokens_already_seen(tiny):
 
 
 def test_answer_loss_is_the_token_weighted_mean_over_answer_tokens(tiny):
-    from training.data import encode_row
+    from training.data.conversations import encode_row
 
     _, model, tokenizer, template = tiny
     rows = [encode_row(row, "alpaca", tokenizer, template) for row in ROWS]
@@ -110,7 +110,7 @@ def test_evaluate_scores_base_and_adapters_and_writes_the_report(tiny, tmp_path,
     results = evaluate(str(base_path), adapters, [str(split)], max_new_tokens=4)
     task = results["tasks"]["leyes-ec"]
     assert results["variants"] == ["base", "a", "b"]
-    from training.data import encode_row
+    from training.data.conversations import encode_row
 
     plain = answer_loss(model, [encode_row(r, "alpaca", tokenizer, template) for r in ROWS])
     # The base variant (adapters disabled) is exactly the plain base model.
@@ -151,7 +151,7 @@ def test_adapter_template_refuses_disagreeing_or_missing_templates(tmp_path):
 
 
 def test_citation_scores_split_questions_naming_the_article_from_questions_to_recall():
-    from training.evaluate import TaskData, citation_scores, names_its_article
+    from training.evaluate.compare import TaskData, citation_scores, names_its_article
 
     constitution = {"norma": "Constitución de la República del Ecuador", "articulo": "71"}
     coip = {"norma": "Código Orgánico Integral Penal", "articulo": "144"}

@@ -205,7 +205,7 @@ def markdown_rows(table: str) -> dict[str, list[str]]:
 def test_memory_panel_numbers_equal_the_cli(model, tiny_model_dirs):
     from sft_memory import PART_LABELS, SCENARIOS, gib, memory_markdown, memory_rows
 
-    from training.memory import load_model_config
+    from training.memory.arch import load_model_config
 
     source = str(tiny_model_dirs["llama2"] / "config.json") if model == "tiny" else model
     rows = memory_rows(load_model_config(source), seq_len=512, batch=2, rank=8)

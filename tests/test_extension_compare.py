@@ -20,7 +20,7 @@ from sft_adapters import scan_adapters  # noqa: E402
 from sft_compare import BASE_LABEL, Variant, comparison_markdown, comparison_variants, run_comparison  # noqa: E402
 from tiny_adapters import make_adapter  # noqa: E402
 
-from training.generate import generate_answers  # noqa: E402
+from training.evaluate.generate import generate_answers  # noqa: E402
 from training.templates import load_template  # noqa: E402
 
 QUESTION = "¿Cuál es la capital de Ecuador?"

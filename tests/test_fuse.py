@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from training.__main__ import main
 from training.families import FAMILIES
-from training.fuse import fuse_adapters
+from training.adapters.fuse import fuse_adapters
 
 FAMILY_NAMES = tuple(FAMILIES)
 
@@ -379,7 +379,7 @@ def test_cli_fuses_and_reports_errors(adapters, tmp_path, capsys):
 
 
 def test_import_needs_no_transformers(repo_root):
-    code = "import sys, training.fuse; assert 'transformers' not in sys.modules and 'peft' not in sys.modules"
+    code = "import sys, training.adapters.fuse; assert 'transformers' not in sys.modules and 'peft' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True)
 
 

@@ -46,7 +46,7 @@ def bundle(tmp_path) -> Path:
     write(root / "loras/mistral-fusionado/adapter_model.safetensors", bytes(range(256)) * 64)
     write(root / "loras/mistral-fusionado/extra/record.json", "{}\n")
     write(root / "training/__init__.py", '"""training"""\n')
-    write(root / "training/fuse.py", "def fuse(): ...\n")
+    write(root / "training/adapters/fuse.py", "def fuse(): ...\n")
     write(root / "training/schema.json", "{}\n")
     write(root / "training/recipes/mistral-leyes-ec.yaml", "lora: {}\n")
     write(root / "training/notes.txt", "not copied\n")
@@ -85,7 +85,7 @@ def test_fresh_install_copies_the_bundle_and_records_every_file(webui, bundle, c
     assert run(webui, bundle) == 0
     data = data_dir(webui)
     ext = webui / "extensions/spanish_ft"
-    for path in (ext / "script.py", ext / "helpers/adapters.py", ext / "training/fuse.py",
+    for path in (ext / "script.py", ext / "helpers/adapters.py", ext / "training/adapters/fuse.py",
                  ext / "training/schema.json", ext / "training/recipes/mistral-leyes-ec.yaml",
                  data / "instruction-templates/spanish_ft-Mistral.yaml", data / "presets/spanish_ft-Mistral.yaml",
                  data / "loras/mistral-fusionado/adapter_model.safetensors",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.lm_head import score_trained_positions_only
+from training.trainer.build import score_trained_positions_only
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from tiny import build_tokenizer
 
-from training.encode import IGNORE_INDEX, BoundaryError, PadCollator, encode_segments, webui_encode
-from training.model import choose_pad_token
+from training.data.tokens import IGNORE_INDEX, BoundaryError, PadCollator, encode_segments, webui_encode
+from training.model.load import choose_pad_token
 from training.templates import load_template
 
 # template -> (tokenizer shape, end-of-turn token the answer must end with)

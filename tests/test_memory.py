@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, FalconConfig,
 
 from training.__main__ import main
 from training.families import FAMILIES
-from training.memory import GIB, estimate, load_model_config
-from training.memory_activations import layer_saved_bytes
-from training.memory_arch import architecture_of
+from training.memory.estimate import GIB, estimate
+from training.memory.arch import load_model_config
+from training.memory.activations import layer_saved_bytes
+from training.memory.arch import architecture_of
 
 SEVEN_B = {"mistral-7b": 7.24e9, "llama2-7b": 6.74e9, "falcon-7b": 6.92e9, "llama3-8b": 8.03e9}
 
@@ -147,7 +148,7 @@ def test_wrong_settings_are_reported_together():
 
 
 def test_cli_prints_a_table_and_json(capsys, repo_root):
-    config = str(repo_root / "training" / "model_configs" / "llama2-7b.json")
+    config = str(repo_root / "training" / "memory" / "configs" / "llama2-7b.json")
     assert main(["memory", config, "--method", "qlora", "--batch", "2", "--seq-len", "512"]) == 0
     table = capsys.readouterr().out
     assert "weights" in table and "optimizer states" in table and table.strip().splitlines()[-1].startswith("total")
@@ -177,9 +178,9 @@ def test_an_unreachable_hub_id_asks_for_a_local_config(repo_root):
 @pytest.mark.parametrize("family", ["llama2", "falcon"])
 @pytest.mark.parametrize("embeddings", ["16bit", "4bit"])
 def test_weights_term_is_what_our_loader_keeps(tiny_model_dirs, family, embeddings):
-    """16-bit (or NF4) embedding and head, fp32 norms, NF4 linears: the dtypes training/model.py loads."""
+    """16-bit (or NF4) embedding and head, fp32 norms, NF4 linears: the dtypes training/model/load.py loads."""
     from training.config import ModelSettings, QuantizationSettings
-    from training.model import load_base_model
+    from training.model.load import load_base_model
 
     quant = QuantizationSettings(bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto",
                                  embeddings=embeddings)
@@ -215,7 +216,7 @@ print(json.dumps({"backward_peak": kb("VmHWM") - before}))
 
 def test_fused_loss_term_matches_trl_measured_on_the_cpu():
     """The named loss term against RSS of TRL's chunked LM head backward (torch fallback, as on our CPUs)."""
-    from training.memory_loss import head_and_loss_bytes
+    from training.memory.loss import head_and_loss_bytes
 
     batch, seq_len, hidden, vocab = 4, 65, 64, 49152  # two vocabulary chunks, 256 scored positions
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}

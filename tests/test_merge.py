@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.__main__ import main
 from training.families import FAMILIES
-from training.merge import MergeSettings, check_memory, merge_to_model
+from training.adapters.merge import MergeSettings, check_memory, merge_to_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from torch import nn
 
 from training.config import LoraSettings, ModelSettings, QuantizationSettings
 from training.families import FAMILIES
-from training.model import add_lora, check_adapted_layers, compute_dtype, load_base_model, load_tokenizer
+from training.model.load import add_lora, check_adapted_layers, compute_dtype, load_base_model, load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,12 +12,12 @@ import json
 import pytest
 import torch
 
-from training.data import encode_row
-from training.encode import IGNORE_INDEX, Encoded, PadCollator
+from training.data.conversations import encode_row
+from training.data.tokens import IGNORE_INDEX, Encoded, PadCollator
 from training.families import FAMILIES
-from training.generate import answer_loss
-from training.model import load_tokenizer
-from training.packing import PackedCollator, choose_batching
+from training.evaluate.generate import answer_loss
+from training.model.load import load_tokenizer
+from training.data.batches import PackedCollator, choose_batching
 from training.templates import load_template
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,8 +46,8 @@ def trainers(tiny_model_dirs, repo_root, tmp_path_factory):
     """{family: (trainer, rows)}: our trainer on each tiny NF4 model, LoRA dropout off for determinism."""
     from test_train import make_config
 
-    from training.data import prepare_data
-    from training.model import add_lora, compute_dtype, load_base_model, training_device
+    from training.data.prepare import prepare_data
+    from training.model.load import add_lora, compute_dtype, load_base_model, training_device
     from training.train import build_trainer
 
     torch.set_num_threads(1)
@@ -107,7 +107,7 @@ def test_falcon_packs_only_where_its_attention_keeps_conversations_apart(trainer
     """transformers 5.6 builds Falcon's mask without the position ids, so packed conversations
     would see each other there and Falcon trains padded; later releases read the position ids and
     packing is exact. The choice must follow what the installed version really does."""
-    from training.packing import positions_separate_conversations
+    from training.data.batches import positions_separate_conversations
 
     trainer, rows = trainers["falcon"]
     padded_loss, _ = step(trainer, PadCollator(0)(as_features(rows)))
@@ -148,7 +148,7 @@ def test_packing_choice_follows_the_setting_and_the_family(trainers):
         assert choose_batching("auto", family, 0, "cuda").packed
         auto_cpu = choose_batching("auto", family, 0, "cpu")
         assert not auto_cpu.packed and "training.packing=auto" in auto_cpu.note
-    from training.packing import positions_separate_conversations
+    from training.data.batches import positions_separate_conversations
 
     assert choose_batching("auto", "falcon", 0, "cuda").packed == positions_separate_conversations("falcon")
 

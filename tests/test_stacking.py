@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from test_train import Capture, make_config
 
-from training.artifacts import read_record
+from training.adapters.record import read_record
 from training.config import ConfigError
-from training.fuse import fuse_adapters
-from training.model import load_base_model
-from training.stacking import stack_frozen_adapter
+from training.adapters.fuse import fuse_adapters
+from training.model.load import load_base_model
+from training.model.stacking import stack_frozen_adapter
 from training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +49,7 @@ def test_stacked_adapter_fused_with_its_base_adapter_is_exactly_the_trained_mode
     )
     top = train(config, callbacks=[capture])
 
-    record = read_record(top)
+    record = read_record(top).data
     assert record["stacked_on"]["path"] == str(under) and record["stacked_on"]["modules"] > 0
     assert record["dataset"]["replay"]["rows"] == 5 and record["dataset"]["rows_kept"] == 24 + 5
     assert "on top of the frozen adapter" in (top / "README.md").read_text(encoding="utf-8")

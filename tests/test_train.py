@@ -15,10 +15,12 @@ import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from training.artifacts import read_adapter_config, read_record, sha256_file
+from training.adapters.folder import read_adapter_config
+from training.adapters.record import read_record
+from training.files import sha256_file
 from training.config import load_config
 from training.families import FAMILIES
-from training.model import load_base_model
+from training.model.load import load_base_model
 from training.templates import load_template
 from training.train import checkpoint_to_resume, train
 
@@ -106,7 +108,7 @@ def test_nf4_training_changes_only_lora_and_the_adapter_reloads_exactly(family, 
     capture = Capture()
     output = train(config, callbacks=[capture])
 
-    record = read_record(output)
+    record = read_record(output).data
     metrics = record["metrics"]
     assert metrics["train_loss"] < metrics["train_loss_first"] - 0.05, metrics
     assert metrics["eval_loss"] is not None and metrics["steps"] == 8 and metrics["tokens_trained"] > 0
@@ -200,7 +202,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dirs,
     assert expected.keys() == got.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5)
-    assert read_record(resumed_output)["metrics"]["steps"] == 6
+    assert read_record(resumed_output).data["metrics"]["steps"] == 6
 
 
 def free_port() -> int:
@@ -244,7 +246,7 @@ def test_two_process_ddp_on_cpu_through_the_cli(tiny_model_dirs, train_file, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("adapter written to") == 1  # one voice for two processes
     assert "tok/s" in result.stderr  # the progress bar
-    metrics = read_record(tmp_path / "ddp-adapter")["metrics"]
+    metrics = read_record(tmp_path / "ddp-adapter").data["metrics"]
     # 40 rows, 4 per process and step: two processes cover an epoch in 5 steps, one would need 10
     assert metrics["epochs"] == pytest.approx(3 / 5, abs=0.01)
 
@@ -258,7 +260,7 @@ def test_save_dtype_bfloat16_halves_the_adapter_and_still_reloads(tiny_model_dir
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     trained = {k: v for k, v in capture.model.state_dict().items() if "lora_" in k}
     assert sum(t.numel() for t in tensors.values()) == sum(t.numel() for t in trained.values())
-    assert read_record(output)["config"]["lora"]["save_dtype"] == "bfloat16"
+    assert read_record(output).data["config"]["lora"]["save_dtype"] == "bfloat16"
     from peft import PeftModel
 
     reloaded = PeftModel.from_pretrained(

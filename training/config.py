@@ -4,7 +4,9 @@ A recipe is validated against `schema.json` (Draft 2020-12) as a whole and every
 is reported at once with its key path (`lora.rank: 'x' is not of type 'integer'`). Defaults
 come from the schema; the family-dependent ones (template, preset, LoRA targets) from
 `training/families.py`. Files are not required to exist here: data and template paths are
-checked when training starts.
+checked when training starts; template and
+`lora.stack_on` are resolved here once (`template_path`, `lora.stack_on_path`): as given, else
+under the bundle root.
 
     config = load_config("training/recipes/mistral-instrucciones.yaml", ["lora.rank=8"])
     config.lora.rank  # 8
@@ -22,8 +24,8 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from training.families import FAMILIES
+from training.files import BUNDLE_ROOT, find_bundle_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 
@@ -70,7 +72,8 @@ class LoraSettings:
     dropout: float
     target_modules: tuple[str, ...]
     save_dtype: str = "float32"
-    stack_on: str | None = None
+    stack_on: str | None = None  # as the recipe gives it (recorded)
+    stack_on_path: Path | None = None  # resolved: as given, else under the bundle root
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class QuantizationSettings:
     quant_type: str
     double_quant: bool
     compute_dtype: str
-    embeddings: str = "16bit"  # input embedding and LM head: 16bit or 4bit (training/embeddings.py)
+    embeddings: str = "16bit"  # input embedding and LM head: 16bit or 4bit (training/model/embeddings.py)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ class RunConfig:
 
     name: str
     task: str | None
-    template: str
+    template: str  # as the recipe gives it (recorded in the adapter's training record)
+    template_path: Path  # resolved once: as given (absolute or from CWD), else under the bundle root
     preset: str
     output_dir: Path
     work_dir: Path
@@ -150,7 +154,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: recipe not found (recipes ship in {REPO_ROOT / 'training' / 'recipes'})")
+        raise FileNotFoundError(f"{path}: recipe not found (recipes ship in {BUNDLE_ROOT / 'training' / 'recipes'})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as err:
@@ -273,13 +277,16 @@ def build_config(recipe: dict, source: str) -> RunConfig:
     def section(cls, values: dict):
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
-    lora = dict(recipe["lora"], target_modules=tuple(recipe["lora"]["target_modules"]))
+    stack_on = recipe["lora"]["stack_on"]
+    lora = dict(recipe["lora"], target_modules=tuple(recipe["lora"]["target_modules"]),
+                stack_on_path=stack_on and _resolve(stack_on))
     replay = recipe["dataset"]["replay"]
     data = dict(recipe["dataset"], replay=replay and ReplaySettings(**replay))
     return RunConfig(
         name=recipe["name"],
         task=recipe["task"],
         template=recipe["template"],
+        template_path=_resolve(recipe["template"]),
         preset=recipe["preset"],
         output_dir=Path(recipe["output_dir"]),
         work_dir=Path(recipe["work_dir"]),
@@ -294,13 +301,9 @@ def build_config(recipe: dict, source: str) -> RunConfig:
     )
 
 
-def find_repo_file(text: str) -> Path | None:
-    """A path as given (absolute or relative to CWD) if it exists, else relative to the repo root."""
-    path = Path(text).expanduser()
-    for candidate in (path,) if path.is_absolute() else (path, REPO_ROOT / path):
-        if candidate.exists():
-            return candidate
-    return None
+def _resolve(text: str) -> Path:
+    """A recipe path, resolved once; a missing file keeps its given form and is reported where it is read."""
+    return find_bundle_file(text) or Path(text)
 
 
 def describe_keys(schema: dict | None = None, prefix: str = "") -> list[str]:

@@ -30,7 +30,7 @@ class Family:
     # (it replaces only modules whose type is exactly nn.Linear), built as nn.Linear instead.
     linear_subclasses: tuple[str, ...] = ()
     # every supported transformers builds this architecture's attention mask from restarting position ids, so
-    # conversations packed into one row stay apart (training/packing.py; checked by tests/test_packing.py);
+    # conversations packed into one row stay apart (training/data/batches.py; checked by tests/test_packing.py);
     # where False, training.packing.positions_separate_conversations measures the installed version.
     packs_by_position_ids: bool = False
 

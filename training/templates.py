@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -188,3 +189,22 @@ def load_conversation(path: str | Path) -> list[dict]:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise TemplateFileError(f"{path}: not a valid UTF-8 JSON file: {err}") from err
     return normalize_messages(messages, where=str(path))
+
+
+def add_arguments(parser) -> None:
+    """`python -m training render`: the exact text the webui builds, written to stdout."""
+    parser.add_argument("template", help="instruction template YAML (webui format)")
+    parser.add_argument("conversation", help='JSON file: a list of {"role": ..., "content": ...}')
+    parser.add_argument(
+        "--generation-prompt",
+        action="store_true",
+        help="render all messages and ask for the next answer, as the webui does before generating",
+    )
+
+
+def run(args) -> int:
+    template = load_template(args.template)
+    messages = load_conversation(args.conversation)
+    sys.stdout.write(template.render(messages, add_generation_prompt=args.generation_prompt))
+    sys.stdout.flush()
+    return 0

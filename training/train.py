@@ -18,7 +18,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.config import RunConfig, describe_keys, find_repo_file, load_config
+from transformers import set_seed
+
+from training.adapters.record import trained_record
+from training.config import RunConfig, describe_keys, load_config
+from training.data.batches import choose_batching
+from training.data.prepare import prepare_data
+from training.model.load import add_lora, compute_dtype, load_base_model, load_tokenizer, training_device
+from training.model.stacking import stack_frozen_adapter
+from training.templates import load_template
+from training.trainer.build import build_trainer, checkpoint_to_resume
+from training.trainer.save import save_adapter
 
 EXAMPLE = """example:
   python -m training train training/recipes/mistral-instrucciones.yaml \\
@@ -45,16 +55,8 @@ def run(args) -> int:
 
 def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
     """Train one adapter as the recipe says; return its folder. `callbacks` go to the trainer."""
-    from transformers import set_seed
-
-    from training.data import prepare_data
-    from training.model import add_lora, compute_dtype, load_base_model, load_tokenizer, training_device
-    from training.packing import choose_batching
-    from training.save import build_record, save_adapter
-    from training.templates import load_template
-
     started = time.time()
-    template = load_template(find_repo_file(config.template) or config.template)
+    template = load_template(config.template_path)
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config.data, tokenizer, template, config.training.seed)
     for note in data.notes:
@@ -72,9 +74,7 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
     model = load_base_model(config.model, config.quantization, config.training.gradient_checkpointing, device)
     stacked_on = None
     if config.lora.stack_on is not None:
-        from training.stacking import stack_frozen_adapter
-
-        stacked_on = stack_frozen_adapter(model, find_repo_file(config.lora.stack_on) or config.lora.stack_on)
+        stacked_on = stack_frozen_adapter(model, config.lora.stack_on_path)
         _say(f"training on top of {config.lora.stack_on} (frozen, {stacked_on['modules']} layers)")
     model = add_lora(model, config.lora, config.quantization.bits)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -88,60 +88,8 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
         "resumed_from": checkpoint and Path(checkpoint).name,
         "packed": batching.packed,
     }
-    record = build_record(config, template, data, metrics, trainer.model)
-    if stacked_on is not None:
-        record["stacked_on"] = stacked_on
+    record = trained_record(config, template, data.record, metrics, trainer.model.config, stacked_on)
     return save_adapter(trainer, config, record)
-
-
-def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, callbacks: Sequence, batching):
-    """TRL's SFTTrainer over our tokenised rows; `batching` (training.packing.choose_batching) builds the batches."""
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_callback import ProgressCallback
-    from trl import SFTTrainer
-
-    from training.lm_head import score_trained_positions_only
-    from training.model import use_fp32_adapter_weights
-    from training.progress import TrainingProgress
-    from training.trainer_args import sft_config
-
-    args = sft_config(config.training, config.work_dir, device, dtype, data.eval is not None, batching.packed)
-    score_trained_positions_only()  # the LM head skips prompt and padding positions (training/lm_head.py)
-    stopping = [EarlyStoppingCallback(config.training.early_stopping_patience)] if args.load_best_model_at_end else []
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        data_collator=batching.collator,
-        callbacks=[*stopping, *callbacks],
-    )
-    use_fp32_adapter_weights(trainer.model)  # before the optimizer exists (it is built in train())
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(TrainingProgress())
-    return trainer
-
-
-def checkpoint_to_resume(config: RunConfig) -> str | None:
-    """The checkpoint `resume` asks for; refuses to silently restart over an earlier run's checkpoints."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    newest = get_last_checkpoint(str(config.work_dir)) if config.work_dir.is_dir() else None
-    if config.resume is False:
-        if newest:
-            raise ValueError(
-                f"{config.work_dir} holds checkpoints of an earlier run (newest: {Path(newest).name}); "
-                f"continue it with resume=true, or delete {config.work_dir} to start over"
-            )
-        return None
-    if config.resume is True:
-        if not newest:
-            raise ValueError(f"resume=true, but {config.work_dir} has no checkpoint-* folder; run without resume=true")
-        return newest
-    if not (Path(config.resume) / "trainer_state.json").is_file():
-        raise ValueError(f"resume: {config.resume} is not a checkpoint folder (no trainer_state.json)")
-    return config.resume
 
 
 def final_metrics(trainer, data, started: float) -> dict:

@@ -1,7 +1,7 @@
 """What the extension knows about the adapters in the webui's LoRA folder, and base-model checks.
 
 An adapter folder made by the bundle carries a training record (`spanish_ft_record.json`,
-fields in training/card.py): its family, task, instruction template, preset and the shape
+fields in training/adapters/record.py): its family, task, instruction template, preset and the shape
 of the base model it was trained on. Folders without a record (adapters from other tools)
 are still listed, with those fields empty, so the multi-adapter guard can see them.
 `check_base_model` compares an adapter with the loaded model's config and says, in Spanish,
@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.artifacts import CONFIG_NAME, read_record
+from training.adapters.folder import CONFIG_NAME
+from training.adapters.record import read_record
 from training.families import FAMILIES, family_of_model_type
 
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "vocab_size")
@@ -52,14 +53,12 @@ def read_adapter_info(path: Path) -> AdapterInfo:
     record = read_record(path)
     if record is None:
         return AdapterInfo(path.name, path, config.get("r"))
-    shape = record.get("base_shape") or {}
-    family = record.get("family") or family_of_model_type(shape.get("model_type"))
     return AdapterInfo(
-        name=path.name, path=path, rank=config.get("r"), has_record=True, family=family,
-        task=record.get("task"), template=(record.get("template") or {}).get("name"), preset=record.get("preset"),
-        base_model=(record.get("base_model") or {}).get("name_or_path") or config.get("base_model_name_or_path"),
-        base_shape=shape,
-        sources=tuple(Path(s.get("name") or s.get("path", "")).name for s in record.get("sources") or ()),
+        name=path.name, path=path, rank=config.get("r"), has_record=True, family=record.family,
+        task=record.task, template=record.template_name, preset=record.preset,
+        base_model=record.base_model or config.get("base_model_name_or_path"),
+        base_shape=record.base_shape or {},
+        sources=tuple(Path(s.get("name") or s.get("path", "")).name for s in record.sources),
     )
 
 

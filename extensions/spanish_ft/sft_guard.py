@@ -98,6 +98,6 @@ def decide_guard(selected_names, adapter_infos: dict[str, AdapterInfo], allow_wr
 
 def fuse_selection(lora_dir: Path, names: tuple[str, ...]):
     """Fuse the adapters `names` of lora_dir exactly (rank-concatenation) into lora_dir/fusion-<a>+<b>."""
-    from training.fuse import fuse_adapters
+    from training.adapters.fuse import fuse_adapters
 
     return fuse_adapters([lora_dir / name for name in names], lora_dir / fusion_name(names), weights=None, method="cat")

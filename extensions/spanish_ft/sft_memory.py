@@ -10,7 +10,7 @@ everything the panel does not ask), so the panel and the CLI agree to the byte. 
 
 from __future__ import annotations
 
-from training.memory import GIB, Estimate, estimate
+from training.memory.estimate import GIB, Estimate, estimate
 
 # (label, method, bits): the scenarios of the table, in the CLI's names.
 SCENARIOS = (

@@ -8,7 +8,7 @@ import gradio as gr
 import sft_webui as webui
 from sft_memory import memory_markdown, memory_rows
 
-from training.memory import load_model_config
+from training.memory.arch import load_model_config
 
 
 def model_config(source: str) -> dict:

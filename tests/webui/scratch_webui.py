@@ -37,7 +37,7 @@ FUSED = "llama2-fusionado"
 
 def prepare_webui(source: Path, root: Path, settings: str = "") -> Path:
     """Copy the webui to root, add the tiny model and adapters, install the bundle; returns root."""
-    from training.fuse import fuse_adapters
+    from training.adapters.fuse import fuse_adapters
 
     skip = shutil.ignore_patterns("models", "loras", ".git", "__pycache__")
     shutil.copytree(source, root, ignore=skip, symlinks=True)

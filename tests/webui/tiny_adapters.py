@@ -17,7 +17,7 @@ TARGETS = {"llama2": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "fal
 
 
 def training_record(name: str, family: str, task: str, base_dir: Path, config) -> dict:
-    """A record with the fields the extension reads (training/card.py lists them all)."""
+    """A record with the fields the extension reads (training/adapters/record.py lists them all)."""
     template = FAMILY_TEMPLATES[family]
     return {
         "format": 1, "kind": "trained", "name": name, "family": family, "task": task,

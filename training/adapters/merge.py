@@ -1,0 +1,181 @@
+"""Fold a LoRA adapter into a 16-bit copy of its base model and save a full model folder.
+
+    python -m training merge loras/mistral-fusionado --out models/Mistral-7B-es
+    python -m training merge ADAPTER --out DIR --base PATH --dtype float16 --dequantized-nf4
+
+The base comes from --base, else the adapter's training record, else `base_model_name_or_path`
+in adapter_config.json. It is loaded in 16 (or 32) bits, never in 4 bits: a delta added to NF4
+weights would be rounded away. `--dequantized-nf4` first replaces every linear weight that
+QLoRA training quantised (all but the output layer) by its NF4 + double-quant round trip, so
+the merged model computes what the adapter was trained against. The folder (safetensors shards,
+tokenizer, `spanish_ft_record.json` with `kind: "merged"`) loads in the webui as a model and is
+written atomically. The memory needed is reported first; the run stops if RAM is clearly short.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.adapters.folder import CONFIG_NAME, adapter_weights_path, read_adapter_config
+from training.adapters.record import RECORD_NAME, TrainingRecord, merged_record, read_record, write_record
+from training.files import atomic_output_dir, sha256_file
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    adapter: Path
+    out: Path
+    base: str | None = None
+    dtype: str = "bfloat16"
+    dequantized_nf4: bool = False
+    allow_pickle: bool = False
+    force: bool = False
+    max_shard_size: str = "5GB"
+
+
+def resolve_base(adapter: Path, base: str | None) -> str:
+    """--base, else the training record's base model, else adapter_config.json's."""
+    if base:
+        return base
+    record = read_record(adapter) or TrainingRecord()
+    found = record.base_model or read_adapter_config(adapter).get("base_model_name_or_path")
+    if not found:
+        raise ValueError(f"{adapter}: no base model in {RECORD_NAME} or {CONFIG_NAME}; pass --base MODEL")
+    return found
+
+
+def refuse_quantized_base(base_config, base: str) -> None:
+    quantization = getattr(base_config, "quantization_config", None)
+    if quantization:
+        method = (
+            quantization.get("quant_method", "?") if isinstance(quantization, dict) else type(quantization).__name__
+        )
+        raise ValueError(
+            f"{base}: this checkpoint is stored quantised ({method}); merging into quantised weights would round the "
+            "adapter's delta away. Pass --base with the 16-bit original model (add --dequantized-nf4 to match a QLoRA "
+            "adapter's training exactly) and quantise the merged model when you load it in the webui"
+        )
+
+
+def memory_needed_bytes(base_config, dtype: str, adapter_bytes: int) -> int:
+    """Parameter count of the base (from its config, on the meta device) x bytes per parameter + the adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(base_config)
+    return sum(p.numel() for p in model.parameters()) * DTYPE_BYTES[dtype] + adapter_bytes
+
+
+def check_memory(needed_bytes: int, available_bytes: int, force: bool) -> None:
+    if needed_bytes > available_bytes and not force:
+        raise ValueError(
+            f"merging needs at least {needed_bytes / GIB:.1f} GiB of RAM but only {available_bytes / GIB:.1f} GiB is "
+            "available: close other programs, choose --dtype bfloat16, or pass --force to try anyway"
+        )
+
+
+def nf4_round_trip_(linear) -> None:
+    """Replace a linear weight by its NF4 double-quant round trip (bitsandbytes' Linear4bit defaults)."""
+    import bitsandbytes.functional as bnbf
+
+    packed, state = bnbf.quantize_4bit(linear.weight.data, blocksize=64, compress_statistics=True, quant_type="nf4")
+    linear.weight.data = bnbf.dequantize_4bit(packed, state).to(linear.weight.dtype)
+
+
+def round_trip_linears_nf4_(model) -> None:
+    """NF4 round trip of every linear layer that 4-bit loading quantises (transformers skips the output layer)."""
+    from torch import nn
+    from tqdm import tqdm
+
+    output_layer = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not output_layer]
+    for linear in tqdm(linears, desc="NF4 round trip", unit="module"):
+        nf4_round_trip_(linear)
+
+
+def merge_record(settings: MergeSettings, base: str) -> TrainingRecord:
+    source = read_record(settings.adapter) or TrainingRecord()
+    adapter = {
+        "path": str(settings.adapter),
+        "name": source.name or settings.adapter.name,
+        "sha256": sha256_file(adapter_weights_path(settings.adapter, settings.allow_pickle)),
+    }
+    return merged_record(settings.out.name, source, base, adapter, settings.dtype, settings.dequantized_nf4)
+
+
+def merge_to_model(settings: MergeSettings) -> Path:
+    """Write the merged full model folder `settings.out`; returns it."""
+    import psutil
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    weights_file = adapter_weights_path(settings.adapter, settings.allow_pickle)  # refuses pickle unless allowed
+    base = resolve_base(settings.adapter, settings.base)
+    base_config = AutoConfig.from_pretrained(base)
+    refuse_quantized_base(base_config, base)
+    needed = memory_needed_bytes(base_config, settings.dtype, weights_file.stat().st_size)
+    available = psutil.virtual_memory().available
+    print(
+        f"memory: about {needed / GIB:.2f} GiB needed ({settings.dtype} base + adapter), "
+        f"{available / GIB:.2f} GiB available"
+    )
+    check_memory(needed, available, settings.force)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, settings.dtype))
+    if settings.dequantized_nf4:
+        round_trip_linears_nf4_(model)
+    peft_model = PeftModel.from_pretrained(model, settings.adapter)
+    merged = peft_model.merge_and_unload(progressbar=True, safe_merge=True)  # safe_merge: refuse NaN/inf weights
+    has_own_tokenizer = (settings.adapter / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(settings.adapter if has_own_tokenizer else base)
+    with atomic_output_dir(settings.out) as tmp:
+        merged.save_pretrained(tmp, max_shard_size=settings.max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        write_record(tmp, merge_record(settings, base))
+    return settings.out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("adapter", type=Path, help="adapter folder to merge")
+    parser.add_argument("--out", required=True, type=Path, help="output model folder (replaced atomically)")
+    parser.add_argument("--base", help="base model folder or hub id (default: from the adapter's record or config)")
+    parser.add_argument("--dtype", choices=list(DTYPE_BYTES), default="bfloat16", help="dtype of the merged model")
+    parser.add_argument(
+        "--dequantized-nf4",
+        action="store_true",
+        help="merge into the NF4-dequantised base, as the QLoRA adapter was trained against",
+    )
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (pickle) weights")
+    parser.add_argument("--force", action="store_true", help="run even if available RAM looks too small")
+    parser.add_argument("--load-in-4bit", action="store_true", help=argparse.SUPPRESS)  # only to explain the refusal
+
+
+def run(args) -> int:
+    if args.load_in_4bit:
+        raise ValueError(
+            "merge never loads the base in 4 bits: adding a LoRA delta to NF4 weights rounds it away. Merge into a "
+            "16-bit copy (the default), with --dequantized-nf4 to reproduce the 4-bit base the adapter was trained on, "
+            "then load the merged model in 4 bits in the webui"
+        )
+    settings = MergeSettings(
+        args.adapter,
+        args.out,
+        args.base,
+        args.dtype,
+        args.dequantized_nf4,
+        args.allow_pickle,
+        args.force,
+        args.max_shard_size,
+    )
+    print(
+        f"merged {settings.adapter} into {merge_to_model(settings)} ({settings.dtype}"
+        f"{', NF4-dequantised base' if settings.dequantized_nf4 else ''})"
+    )
+    return 0

@@ -1,0 +1,230 @@
+"""The training record: where an adapter (or a merged model) came from. Its one home.
+
+Every folder the bundle writes holds `spanish_ft_record.json` beside PEFT's files. It is the
+contract between train, fuse, merge, evaluate, the demo and the webui extension: they build it
+only through the builders below and read it only through `TrainingRecord`.
+
+The JSON object, by `kind` (producers leave out what is unknown):
+- every kind: `format` (1), `kind`, `name`, `family` ("mistral" | "llama2" | "falcon"),
+  `base_model` {"name_or_path", "revision"}, `template` {"name", "file", "sha256"},
+  `preset` (webui preset name), `libraries` {package: version}, `created` (ISO time)
+- "trained" (train): `task`, `base_shape` {"model_type", "hidden_size", "num_hidden_layers",
+  "vocab_size"}, `dataset` {"train", "sha256", "rows_kept", ..., "replay" (optional)},
+  `config` (the full resolved recipe), `metrics` {"train_loss", "eval_loss", ...},
+  `stacked_on` (optional) {"path", "name", "task", "weights_sha256", "modules"}: the frozen
+  adapter it was trained on top of (training/model/stacking.py)
+- "fused" (fuse): `task`, `base_shape`, `sources` [{"path", "name", "sha256", "weight"}],
+  `method` ("cat" | "svd"), `rank`, `error` {"relative_frobenius", "per_module"}, `metrics`
+- "merged" (merge): `adapter` {"path", "name", "sha256"}, `dtype`, `dequantized_nf4`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from training.families import family_of_model_type
+from training.files import write_json_atomic
+
+RECORD_NAME = "spanish_ft_record.json"
+RECORD_FORMAT = 1
+KINDS = ("trained", "fused", "merged")
+BASE_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """A record as read or built; `data` is the JSON object itself (keys this code does not know are kept)."""
+
+    data: dict = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.data)
+
+    @property
+    def kind(self) -> str | None:
+        return self.data.get("kind")
+
+    @property
+    def name(self) -> str | None:
+        return self.data.get("name")
+
+    @property
+    def task(self) -> str | None:
+        return self.data.get("task")
+
+    @property
+    def preset(self) -> str | None:
+        return self.data.get("preset")
+
+    @property
+    def base_shape(self) -> dict | None:
+        return self.data.get("base_shape")
+
+    @property
+    def family(self) -> str | None:
+        """The recorded family, else the one the base model's architecture implies."""
+        return self.data.get("family") or family_of_model_type((self.base_shape or {}).get("model_type"))
+
+    @property
+    def base_model(self) -> str | None:
+        return (self.data.get("base_model") or {}).get("name_or_path")
+
+    @property
+    def base_revision(self) -> str | None:
+        return (self.data.get("base_model") or {}).get("revision")
+
+    @property
+    def template(self) -> dict | None:
+        """{"name", "file", "sha256"} of the instruction template the adapter was trained with."""
+        return self.data.get("template")
+
+    @property
+    def template_name(self) -> str | None:
+        return (self.template or {}).get("name")
+
+    @property
+    def template_file(self) -> str | None:
+        return (self.template or {}).get("file")
+
+    @property
+    def dataset(self) -> dict:
+        return self.data.get("dataset") or {}
+
+    @property
+    def config(self) -> dict:
+        """The resolved recipe a trained adapter was made with."""
+        return self.data.get("config") or {}
+
+    @property
+    def metrics(self) -> dict:
+        return self.data.get("metrics") or {}
+
+    @property
+    def stacked_on(self) -> dict | None:
+        return self.data.get("stacked_on")
+
+    @property
+    def sources(self) -> list[dict]:
+        """A fused adapter's sources: [{"path", "name", "sha256", "weight"}]."""
+        return list(self.data.get("sources") or ())
+
+    @property
+    def method(self) -> str:
+        return self.data.get("method", "cat")
+
+    @property
+    def rank(self) -> int | None:
+        return self.data.get("rank")
+
+    @property
+    def relative_error(self) -> float | None:
+        return (self.data.get("error") or {}).get("relative_frobenius")
+
+
+def read_record(folder: str | Path) -> TrainingRecord | None:
+    """The record of an adapter or model folder, or None for folders made by other tools."""
+    path = Path(folder) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable training record: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: unreadable training record: a JSON object was expected")
+    return TrainingRecord(data)
+
+
+def write_record(folder: str | Path, record: TrainingRecord) -> None:
+    write_json_atomic(Path(folder) / RECORD_NAME, record.data)
+
+
+def _common_fields(kind: str, name: str, family: str | None, base_model: str | None, revision: str | None,
+                   template: dict | None, preset: str | None) -> dict:
+    return {
+        "format": RECORD_FORMAT,
+        "kind": kind,
+        "name": name,
+        "family": family,
+        "base_model": {"name_or_path": base_model, "revision": revision},
+        "template": template,
+        "preset": preset,
+    }
+
+
+def _stamped(fields: dict) -> TrainingRecord:
+    fields = {**fields, "libraries": library_versions(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    return TrainingRecord({key: value for key, value in fields.items() if value is not None})
+
+
+def trained_record(config, template, dataset: dict, metrics: dict, base_config,
+                   stacked_on: dict | None = None) -> TrainingRecord:
+    """The record of a training run: `config` is the RunConfig, `template` the loaded template."""
+    fields = _common_fields(
+        "trained", config.name, config.model.family, config.model.base_model,
+        config.model.revision or getattr(base_config, "_commit_hash", None),
+        {"name": template.name, "file": config.template, "sha256": template.sha256}, config.preset,
+    )
+    fields |= {
+        "task": config.task,
+        "base_shape": {key: getattr(base_config, key, None) for key in BASE_SHAPE_KEYS},
+        "dataset": dataset,
+        "config": config.as_dict(),
+        "metrics": metrics,
+    }
+    if stacked_on is not None:
+        fields["stacked_on"] = stacked_on
+    # a trained record keeps its empty keys (revision unknown, say), as it always has
+    return TrainingRecord({**fields, "libraries": library_versions(),
+                           "created": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def fused_record(name: str, sources: list[tuple[TrainingRecord, dict]], weights: list[float], method: str,
+                 rank: int, errors: dict, overall: float, template: dict | None,
+                 base: tuple[str | None, str | None]) -> TrainingRecord:
+    """The record of a fusion; `sources` pairs each source's record with {"path", "name", "sha256"}."""
+    records = [record for record, _ in sources]
+    fields = _common_fields("fused", name, _common(r.family for r in records), base[0], base[1], template,
+                            _common(r.preset for r in records))
+    fields |= {
+        "task": _common(r.task for r in records) or "fusionado",
+        "base_shape": _common(r.base_shape for r in records),
+        "sources": [{**entry, "weight": weight} for (_, entry), weight in zip(sources, weights, strict=True)],
+        "method": method,
+        "rank": rank,
+        "error": {"relative_frobenius": overall, "per_module": errors},
+        "metrics": {"fused_rank": rank, "relative_error": overall},
+    }
+    return _stamped(fields)
+
+
+def merged_record(name: str, adapter: TrainingRecord, base_model: str, adapter_entry: dict, dtype: str,
+                  dequantized_nf4: bool) -> TrainingRecord:
+    """The record of a model folder made by folding `adapter` into its base."""
+    fields = _common_fields("merged", name, adapter.data.get("family"), base_model, adapter.base_revision,
+                            adapter.template, adapter.preset)
+    fields |= {"adapter": adapter_entry, "dtype": dtype, "dequantized_nf4": dequantized_nf4}
+    return _stamped(fields)
+
+
+def _common(values):
+    """The one value all non-None values share, else None."""
+    distinct = {repr(value): value for value in values if value is not None}
+    return next(iter(distinct.values())) if len(distinct) == 1 else None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an adapter, for the training record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out

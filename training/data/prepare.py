@@ -1,0 +1,152 @@
+"""Prepared splits: rows read, encoded and counted, with the dataset part of the training record.
+
+Each row goes through training/data/conversations.py. A bad row is named with its file and
+place; with `on_error: raise` all of them are listed and training stops, with `skip` they are
+counted. Rows longer than `max_tokens` are dropped and counted, never cut. `dataset.replay`
+mixes rows of an earlier task into the training split.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from training.config import DataSettings
+from training.data.conversations import encode_row
+from training.data.read import DataError, RowError, read_source
+from training.data.tokens import BoundaryError, Encoded
+
+MAX_LISTED = 20  # bad rows printed in full; the rest are counted
+
+
+@dataclass
+class SplitReport:
+    source: str
+    sha256: str
+    hashed: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_skipped: int = 0
+    rows_dropped: int = 0  # longer than max_tokens
+    problems: list[str] = field(default_factory=list)
+
+
+def load_split(source_name: str, settings: DataSettings, tokenizer, template) -> tuple[list[Encoded], SplitReport]:
+    """Encode every usable row of one source; raise DataError per `settings.on_error`."""
+    source = read_source(source_name, settings.split)
+    report = SplitReport(source=source_name, sha256=source.sha256, hashed=source.hashed)
+    kept: list[Encoded] = []
+    for where, row in source.rows:
+        report.rows_read += 1
+        try:
+            if isinstance(row, RowError):
+                raise row
+            encoded = encode_row(row, settings.format, tokenizer, template)
+        except (RowError, BoundaryError) as err:
+            report.problems.append(f"{source_name}, {where}: {err}")
+            continue
+        if len(encoded.input_ids) > settings.max_tokens:
+            report.rows_dropped += 1
+            continue
+        kept.append(encoded)
+    report.rows_kept, report.rows_skipped = len(kept), len(report.problems)
+    if report.problems and settings.on_error == "raise":
+        raise DataError(_problem_listing(report) + "\nfix these rows, or set dataset.on_error=skip to leave them out")
+    if not kept:
+        raise DataError(
+            f"{source_name}: no row left to train on: {report.rows_read} read, {report.rows_skipped} bad, "
+            f"{report.rows_dropped} longer than dataset.max_tokens={settings.max_tokens} (raise it to keep them)"
+        )
+    return kept, report
+
+
+def _problem_listing(report: SplitReport) -> str:
+    shown = report.problems[:MAX_LISTED]
+    more = len(report.problems) - len(shown)
+    tail = f"\n  ... and {more} more" if more else ""
+    return f"{report.source}: {len(report.problems)} bad row(s):\n" + "\n".join(f"  {p}" for p in shown) + tail
+
+
+def split_eval(rows: list[Encoded], fraction: float, seed: int) -> tuple[list[Encoded], list[Encoded]]:
+    """Hold out a seeded random share of the rows; both parts keep at least one row."""
+    if len(rows) < 2:
+        raise DataError(f"dataset.eval_fraction={fraction} needs at least 2 usable train rows, found {len(rows)}")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    count = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    held = set(order[:count])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def sample_replay(settings: DataSettings, tokenizer, template, seed: int) -> tuple[list[Encoded], dict]:
+    """A seeded sample of `dataset.replay.rows` rows of another task, encoded like the train rows."""
+    replay = settings.replay
+    own = replace(settings, train=replay.train, format=replay.format, replay=None)
+    rows, report = load_split(replay.train, own, tokenizer, template)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    picked = [rows[i] for i in sorted(order[: replay.rows])]
+    record = {
+        "train": replay.train,
+        "format": replay.format,
+        "sha256": report.sha256,
+        "rows_available": len(rows),
+        "rows": len(picked),
+        "tokens": sum(len(r.input_ids) for r in picked),
+        "answer_tokens": sum(r.trained_tokens for r in picked),
+    }
+    return picked, record
+
+
+def as_dataset(rows: list[Encoded]):
+    """A datasets.Dataset with the `input_ids` and `labels` columns the trainer reads."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: object  # datasets.Dataset
+    eval: object | None
+    record: dict  # the training record's `dataset` entry
+    notes: list[str]  # what was skipped, for the log
+
+
+def prepare_data(settings: DataSettings, tokenizer, template, seed: int) -> PreparedData:
+    """Train and eval datasets (eval from `dataset.eval` or a held-out share of train) and their record."""
+    train_rows, train_report = load_split(settings.train, settings, tokenizer, template)
+    eval_rows, eval_report = [], None
+    if settings.eval is not None:
+        eval_rows, eval_report = load_split(settings.eval, settings, tokenizer, template)
+    elif settings.eval_fraction > 0:
+        train_rows, eval_rows = split_eval(train_rows, settings.eval_fraction, seed)
+    replay_record = None
+    if settings.replay is not None:  # after the eval split: evaluation stays on this task's own rows
+        replay_rows, replay_record = sample_replay(settings, tokenizer, template, seed)
+        train_rows = train_rows + replay_rows
+    record = {
+        "train": settings.train,
+        "format": settings.format,
+        "sha256": train_report.sha256,
+        "sha256_of": train_report.hashed,
+        "rows_read": train_report.rows_read,
+        "rows_kept": len(train_rows),
+        "rows_skipped": train_report.rows_skipped,
+        "rows_dropped": train_report.rows_dropped,
+        "rows_eval": len(eval_rows),
+        "max_tokens": settings.max_tokens,
+        "tokens": sum(len(r.input_ids) for r in train_rows),
+        "answer_tokens": sum(r.trained_tokens for r in train_rows),
+    }
+    if eval_report is not None:
+        record.update(eval=settings.eval, eval_sha256=eval_report.sha256)
+    if replay_record is not None:
+        record["replay"] = replay_record
+    notes = [_problem_listing(r) for r in (train_report, eval_report) if r is not None and r.problems]
+    notes += [
+        f"{r.source}: {r.rows_dropped} row(s) longer than dataset.max_tokens={settings.max_tokens} dropped"
+        for r in (train_report, eval_report)
+        if r is not None and r.rows_dropped
+    ]
+    return PreparedData(as_dataset(train_rows), as_dataset(eval_rows) if eval_rows else None, record, notes)

@@ -1,0 +1,219 @@
+"""Validate the shipped datasets (or any dataset folder) before training on them.
+
+    python -m training validate-data                       # every folder in training/datasets/
+    python -m training validate-data training/datasets/leyes-ec
+
+A dataset is a folder named after its kind (`instrucciones-es` or `leyes-ec`) holding
+`train.jsonl` and `test.jsonl`: UTF-8 JSON Lines, one alpaca object per line. Every
+problem is reported at once as `file:line: field: what is wrong`; the exit code is 1 if
+there is any. Imports neither torch nor transformers, so it runs in a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.datasets.citations import NORMS, cites
+from training.datasets.derivation import derive
+
+DATA_DIR = Path(__file__).resolve().parent
+SPLITS = ("train", "test")
+MIN_TEST_SHARE = 0.10
+CATEGORIES = ("explicar", "resumir", "reescribir", "clasificar", "extraer",
+              "listar", "correo", "razonamiento", "aritmetica", "traducir")
+RESUMIR_PREFIX = "Resume el siguiente artículo:"
+MIN_INSTRUCCIONES_ROWS = 400
+KINDS = ("instrucciones-es", "leyes-ec")
+
+
+@dataclass
+class Report:
+    """Result of validating one dataset folder."""
+
+    directory: Path
+    errors: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # split -> row count
+    groups: collections.Counter = field(default_factory=collections.Counter)  # category or norm -> rows
+
+
+def _where(path: Path, line: int) -> str:
+    try:
+        path = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"{path}:{line}"
+
+
+def _read_rows(path: Path, report: Report) -> list[tuple[int, dict]]:
+    """(line number, object) for every line that is valid JSON; errors for the others."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        report.errors.append(f"{_where(path, line)}: not valid UTF-8 (byte {err.start}); save the file as UTF-8")
+        return []
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            if number != len(text.split("\n")):  # only the final newline may leave an empty line
+                report.errors.append(f"{_where(path, number)}: empty line; JSON Lines needs one object per line")
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            report.errors.append(f"{_where(path, number)}: invalid JSON: {err.msg} (column {err.colno})")
+            continue
+        if not isinstance(row, dict):
+            report.errors.append(f"{_where(path, number)}: expected a JSON object, got {type(row).__name__}")
+            continue
+        rows.append((number, row))
+    return rows
+
+
+def _check_text_fields(row: dict, where: str, kind: str) -> list[str]:
+    errors = []
+    for key in ("id", "instruction", "input", "output"):
+        if not isinstance(row.get(key), str):
+            errors.append(f"{where}: field '{key}': missing or not a string")
+        elif key != "input" and not row[key].strip():
+            errors.append(f"{where}: field '{key}': empty")
+    if kind == "instrucciones-es":
+        category = row.get("category")
+        if category not in CATEGORIES:
+            errors.append(f"{where}: field 'category': {category!r} is not one of {', '.join(CATEGORIES)}")
+        elif category == "resumir" and not str(row.get("instruction", "")).startswith(RESUMIR_PREFIX):
+            errors.append(f"{where}: field 'instruction': a 'resumir' row must start with {RESUMIR_PREFIX!r}")
+    return errors
+
+
+def _check_fuente(row: dict, where: str) -> list[str]:
+    fuente = row.get("fuente")
+    if not isinstance(fuente, dict):
+        return [f"{where}: field 'fuente': missing or not an object with 'norma' and 'articulo'"]
+    errors = []
+    if fuente.get("norma") not in NORMS:
+        errors.append(f"{where}: field 'fuente.norma': {fuente.get('norma')!r} is not a canonical norm; "
+                      f"allowed: {'; '.join(NORMS)}")
+    if not isinstance(fuente.get("articulo"), str) or not fuente["articulo"].strip():
+        errors.append(f"{where}: field 'fuente.articulo': missing, empty or not a string")
+    if not errors and isinstance(row.get("output"), str) and not cites(row["output"], fuente):
+        errors.append(f"{where}: field 'output': does not cite artículo {fuente['articulo']} "
+                      f"of {fuente['norma']} (name the norm next to the article number)")
+    return errors
+
+
+def _normalised(row: dict) -> str:
+    return re.sub(r"\s+", " ", f"{row.get('instruction', '')}\n{row.get('input', '')}".lower()).strip()
+
+
+def validate_dataset(directory: Path) -> Report:
+    """Check one dataset folder; the folder name says which rules apply."""
+    directory = Path(directory)
+    report = Report(directory)
+    kind = directory.name
+    if kind not in KINDS:
+        report.errors.append(f"{directory}: unknown dataset kind {kind!r}; name the folder one of {', '.join(KINDS)}")
+        return report
+    ids: dict[str, str] = {}
+    prompts: dict[str, str] = {}
+    read: dict[str, list[tuple[str, dict]]] = {}
+    for split in SPLITS:
+        path = directory / f"{split}.jsonl"
+        if not path.is_file():
+            report.errors.append(f"{path}: missing; every dataset needs {' and '.join(s + '.jsonl' for s in SPLITS)}")
+            continue
+        rows = _read_rows(path, report)
+        report.rows[split] = len(rows)
+        read[split] = [(_where(path, number), row) for number, row in rows]
+        for number, row in rows:
+            where = _where(path, number)
+            report.errors += _check_text_fields(row, where, kind)
+            if kind == "leyes-ec":
+                report.errors += _check_fuente(row, where)
+            group = row.get("category") if kind == "instrucciones-es" else (row.get("fuente") or {}).get("norma")
+            report.groups[f"{split}/{group}"] += 1
+            row_id, prompt = row.get("id"), _normalised(row)
+            if row_id in ids:
+                report.errors.append(f"{where}: field 'id': {row_id!r} already used at {ids[row_id]}")
+            if prompt in prompts:
+                report.errors.append(f"{where}: field 'instruction': duplicate of {prompts[prompt]} "
+                                     "(same instruction and input after lowercasing and collapsing spaces)")
+            ids.setdefault(row_id, where)
+            prompts.setdefault(prompt, where)
+    if kind == "leyes-ec":
+        report.errors += _check_derived(read)
+    report.errors += _check_totals(report, kind)
+    return report
+
+
+def _check_derived(read: dict[str, list[tuple[str, dict]]]) -> list[str]:
+    """A row with `derivado_de` (training/datasets/derivation.py) must come, in its own split,
+    from that row with the same fuente, its answer being exactly the one derived from the source."""
+    errors = []
+    for split, rows in read.items():
+        by_id = {row.get("id"): row for _, row in rows}
+        for where, row in rows:
+            if "derivado_de" not in row:
+                continue
+            source = by_id.get(row["derivado_de"])
+            if source is None:
+                errors.append(f"{where}: field 'derivado_de': no row {row['derivado_de']!r} in the {split} split "
+                              "(a derived row stays in the split of its source)")
+                continue
+            expected = derive(source)
+            if expected is None or expected["output"] != row.get("output") or expected["fuente"] != row.get("fuente"):
+                errors.append(f"{where}: field 'output': not the answer derived from {row['derivado_de']} "
+                              "(re-run python -m training derive-questions)")
+    return errors
+
+
+def _check_totals(report: Report, kind: str) -> list[str]:
+    errors = []
+    total = sum(report.rows.values())
+    if len(report.rows) == len(SPLITS) and total and report.rows["test"] / total < MIN_TEST_SHARE:
+        errors.append(f"{report.directory}: test split holds {report.rows['test']}/{total} rows "
+                      f"({report.rows['test'] / total:.1%}); it needs at least {MIN_TEST_SHARE:.0%}")
+    if kind == "instrucciones-es":
+        if total < MIN_INSTRUCCIONES_ROWS:
+            errors.append(f"{report.directory}: {total} rows; instrucciones-es needs at least {MIN_INSTRUCCIONES_ROWS}")
+        present = {key.split("/", 1)[1] for key in report.groups}
+        missing = [c for c in CATEGORIES if c not in present]
+        if missing:
+            errors.append(f"{report.directory}: field 'category': no rows for {', '.join(missing)}")
+    return errors
+
+
+def shipped_datasets() -> list[Path]:
+    return sorted(path for path in DATA_DIR.iterdir() if path.is_dir() and not path.name.startswith((".", "_")))
+
+
+def print_summary(report: Report) -> None:
+    rows = ", ".join(f"{split} {count}" for split, count in report.rows.items())
+    print(f"{report.directory.name}: {rows}")
+    groups = sorted({key.split("/", 1)[1] for key in report.groups})
+    for group in groups:
+        counts = ", ".join(f"{split} {report.groups[f'{split}/{group}']}" for split in SPLITS)
+        print(f"  {group}: {counts}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="*", type=Path,
+                        help="dataset folders (default: every folder in training/datasets/)")
+
+
+def run(args: argparse.Namespace) -> int:
+    reports = [validate_dataset(path if path.is_dir() else path.parent) for path in (args.paths or shipped_datasets())]
+    for report in reports:
+        print_summary(report)
+    errors = [error for report in reports for error in report.errors]
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{len(reports)} dataset(s), {len(errors)} error(s)")
+    return 1 if errors else 0

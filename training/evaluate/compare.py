@@ -1,0 +1,175 @@
+"""`python -m training evaluate`: the base model and its adapters, side by side, on held-out data.
+
+For every held-out split (a task) and every variant (the base model with adapters disabled,
+then each adapter): the answer loss and perplexity (answer tokens only, prompts rendered by
+the adapters' instruction template exactly as the webui renders them), greedy answers scored
+with chrF against the references, and for rows that carry a `fuente` (the leyes-ec task) the
+share of answers citing the right norm and article. Writes report.md, report.json and a bar
+chart to --report.
+
+    python -m training evaluate --base models/smollm2-135m \\
+        --adapters loras/smollm2-135m-instrucciones loras/smollm2-135m-leyes-ec \\
+        --data training/datasets/instrucciones-es/test.jsonl training/datasets/leyes-ec/test.jsonl --report report/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sacrebleu
+import torch
+from peft import PeftModel
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.adapters.folder import adapter_weights_path
+from training.adapters.record import TrainingRecord, read_record
+from training.data.conversations import encode_row, to_conversation
+from training.data.read import RowError, read_source
+from training.datasets.citations import canonical_article, cites, find_citations
+from training.evaluate.generate import active_variant, answer_loss, generate_answers
+from training.evaluate.report import write_report
+from training.files import BUNDLE_ROOT, find_bundle_file
+from training.model.load import choose_pad_token
+from training.templates import load_template
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class TaskData:
+    name: str  # the split's folder name, e.g. "leyes-ec"
+    path: str
+    questions: list[list[dict]]  # conversation up to the last user message
+    references: list[str]
+    sources: list[dict | None]  # the `fuente` of each row, if any
+    encoded: list  # training.encode.Encoded rows for the loss
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--base", required=True, help="base model folder or hub id")
+    parser.add_argument("--adapters", nargs="+", type=Path, default=[], help="adapter folders to compare")
+    parser.add_argument("--data", nargs="+", required=True, help="held-out splits (alpaca JSONL), e.g. test.jsonl")
+    parser.add_argument("--report", type=Path, required=True, help="folder for report.md, report.json, chart")
+    parser.add_argument("--template", type=Path, help="instruction template (default: the adapters' own)")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="answer length cap (default 96)")
+    parser.add_argument("--limit", type=int, help="use only the first N rows of each split (quick checks)")
+    parser.add_argument("--samples", type=int, default=3, help="side-by-side sample answers per task")
+    parser.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (runs pickle)")
+
+
+def run(args) -> int:
+    results = evaluate(args.base, args.adapters, args.data, template=args.template,
+                       max_new_tokens=args.max_new_tokens, limit=args.limit, allow_pickle=args.allow_pickle)
+    paths = write_report(results, args.report, samples=args.samples)
+    print(f"report written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def adapter_template(adapters: list[Path], template: Path | None) -> Path:
+    """The template the adapters were trained with (all must agree), or the one given."""
+    if template is not None:
+        return template
+    files = set()
+    for adapter in adapters:
+        name = (read_record(adapter) or TrainingRecord()).template_file
+        if not name:
+            raise ValueError(f"{adapter}: no template in its training record; pass --template FILE")
+        files.add(name)
+    if len(files) != 1:
+        raise ValueError(f"the adapters were trained with different templates ({sorted(files)}); pass --template")
+    name = files.pop()
+    path = find_bundle_file(name)
+    if path is None:
+        raise FileNotFoundError(f"template {name} (from the adapters' records) not found; pass --template FILE")
+    return path
+
+
+def shown_path(path: str) -> str:
+    """A data path for the report: relative to the bundle when inside it (no machine paths in reports)."""
+    try:
+        return str(Path(path).resolve().relative_to(BUNDLE_ROOT))
+    except ValueError:
+        return path
+
+
+def load_task(path: str, tokenizer, template, limit: int | None) -> TaskData:
+    source = read_source(path)
+    questions, references, sources, encoded = [], [], [], []
+    for where, row in source.rows[:limit]:
+        if isinstance(row, RowError):
+            raise ValueError(f"{path}, {where}: {row}")
+        conversation = to_conversation(row, "alpaca")
+        questions.append(conversation[:-1])
+        references.append(conversation[-1]["content"])
+        sources.append(row.get("fuente"))
+        encoded.append(encode_row(row, "alpaca", tokenizer, template))
+    name = Path(path).parent.name or Path(path).stem
+    return TaskData(name, path, questions, references, sources, encoded)
+
+
+def names_its_article(question: str, fuente: dict) -> bool:
+    """Whether the question itself names the article the answer must cite ("¿Qué dice el artículo 71 ...?")."""
+    article = canonical_article(str(fuente.get("articulo", "")))
+    return any(citation.articulo == article for citation in find_citations(question))
+
+
+def citation_scores(texts: list[str], task: TaskData) -> dict:
+    """Share of answers citing their row's norm and article: over all rows with a `fuente`, and split
+    into rows whose question names the article (copying it is enough) and rows where the model must
+    recall the article from the topic alone."""
+    scores = {}
+    groups = {"citation_accuracy": [], "citation_accuracy_named": [], "citation_accuracy_recall": []}
+    for text, source, question in zip(texts, task.sources, task.questions):
+        if not source:
+            continue
+        hit = cites(text, source)
+        groups["citation_accuracy"].append(hit)
+        named = names_its_article(question[-1]["content"], source)
+        groups["citation_accuracy_named" if named else "citation_accuracy_recall"].append(hit)
+    for key, hits in groups.items():
+        if hits:
+            scores[key] = sum(hits) / len(hits)
+            scores[key.replace("accuracy", "rows")] = len(hits)
+    return scores
+
+
+def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool):
+    """The base model in full precision with every adapter loaded under its folder name."""
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    choose_pad_token(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    names = []
+    for adapter in adapters:
+        adapter_weights_path(adapter, allow_pickle)  # refuses pickle unless allowed
+        names.append(adapter.name)
+        if len(names) == 1:
+            model = PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter.name)
+        else:
+            model.load_adapter(str(adapter), adapter_name=adapter.name)
+    model.eval()
+    return model, tokenizer, names
+
+
+def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | None = None,
+             max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False) -> dict:
+    """Scores of every variant on every task, plus the answers, as one JSON-able dict."""
+    template_obj = load_template(adapter_template(adapters, template))
+    model, tokenizer, names = load_model_with_adapters(base, adapters, allow_pickle)
+    tasks = [load_task(path, tokenizer, template_obj, limit) for path in data]
+    results = {"base_model": base, "template": template_obj.name, "variants": [BASE, *names], "tasks": {}}
+    for task in tasks:
+        entry = {"path": shown_path(task.path), "rows": len(task.references), "references": task.references,
+                 "questions": [q[-1]["content"] for q in task.questions], "scores": {}, "answers": {}}
+        for variant in tqdm([BASE, *names], desc=f"evaluate {task.name}", unit="variant"):
+            with active_variant(model, None if variant == BASE else variant):
+                scores = answer_loss(model, task.encoded)
+                answers = generate_answers(model, tokenizer, template_obj, task.questions, max_new_tokens)
+            texts = [a.text for a in answers]
+            scores["chrf"] = sacrebleu.corpus_chrf(texts, [task.references]).score
+            scores.update(citation_scores(texts, task))
+            scores["seconds_per_answer"] = sum(a.seconds for a in answers) / max(1, len(answers))
+            entry["scores"][variant], entry["answers"][variant] = scores, texts
+        results["tasks"][task.name] = entry
+    return results

@@ -1,0 +1,171 @@
+"""A decoder's shapes from its config.json (local, shipped or from the hub): layers, linears, parameters.
+
+Covers the bundle's families generically from config fields: Llama and Mistral (separate
+q/k/v/o projections, gated MLP, RMSNorm) and Falcon (fused query_key_value, multi-query or
+grouped KV in the new decoder architecture, parallel attention, LayerNorm). Original Falcon
+configs (`RefinedWeb*`, `n_embd`/`n_head`/`n_layer`) are read too.
+
+    arch = architecture_of(load_model_config("mistral-7b"))  # or a config.json, a model folder, a hub id
+    arch.total_params   # 7241732096, what model.num_parameters() reports
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.families import family_of_model_type
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One decoder-only model; `linears` are one decoder layer's linear layers (all LoRA targets)."""
+
+    name: str
+    family: str  # "llama" (Llama, Mistral) or "falcon"
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool
+    linears: tuple[Linear, ...]
+    norm_params: int  # per decoder layer
+    final_norm_params: int
+    parallel_attn: bool = False
+    layer_norms: int = 2  # norms per decoder layer (Falcon's parallel attention has one)
+
+    @property
+    def linear_weights_per_layer(self) -> int:
+        return sum(linear.in_features * linear.out_features for linear in self.linears)
+
+    @property
+    def layer_params(self) -> int:
+        biases = sum(linear.out_features for linear in self.linears if linear.bias)
+        return self.linear_weights_per_layer + biases + self.norm_params
+
+    @property
+    def total_params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return embeddings + self.layers * self.layer_params + self.final_norm_params
+
+
+def load_model_config(model_or_config: str) -> dict:
+    """config.json of a local file, a model folder, a shipped name (`mistral-7b`) or a hub id."""
+    path = Path(model_or_config)
+    shipped = CONFIGS_DIR / f"{model_or_config}.json"
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{model_or_config}: no config.json in this folder")
+    elif not path.exists() and shipped.is_file():
+        path = shipped
+    elif not path.exists():
+        path = _download_config(model_or_config)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON config file: {err}") from err
+
+
+def _download_config(repo_id: str) -> Path:
+    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.json")))
+    if repo_id.count("/") != 1:
+        raise FileNotFoundError(f"{repo_id}: no such file or folder, and not a hub id (owner/name); "
+                                f"shipped configs: {names}")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as err:  # offline, unreachable, gated, missing: all end the same way for the user
+        raise FileNotFoundError(
+            f"could not download config.json of hub model {repo_id!r} ({type(err).__name__}: {str(err)[:160]}). "
+            f"Offline? Pass a local config.json instead: python -m training memory path/to/config.json "
+            f"(or a model folder, or a shipped config: {names})"
+        ) from err
+
+
+def _field(config: dict, *keys: str, default=None):
+    """The first of `keys` present in `config` (configs differ in naming), or `default`."""
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    if default is None:
+        raise ValueError(f"config.json: none of {', '.join(keys)} is set; this field is needed to estimate memory")
+    return default
+
+
+def architecture_of(config: dict) -> Architecture:
+    model_type = config.get("model_type")
+    family = family_of_model_type(model_type)
+    if family is None:
+        raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: llama, mistral, falcon")
+    arch = _falcon(config) if family == "falcon" else _llama(config, family)
+    name = config.get("_name_or_path") or (config.get("architectures") or [family])[0]
+    return dataclasses.replace(arch, name=name)
+
+
+def _llama(config: dict, family: str) -> Architecture:
+    hidden = _field(config, "hidden_size")
+    heads = _field(config, "num_attention_heads")
+    kv_heads = _field(config, "num_key_value_heads", default=heads)
+    head_dim = _field(config, "head_dim", default=hidden // heads)
+    inter = _field(config, "intermediate_size")
+    attn_bias, mlp_bias = bool(config.get("attention_bias")), bool(config.get("mlp_bias"))
+    linears = (
+        Linear("q_proj", hidden, heads * head_dim, attn_bias),
+        Linear("k_proj", hidden, kv_heads * head_dim, attn_bias),
+        Linear("v_proj", hidden, kv_heads * head_dim, attn_bias),
+        Linear("o_proj", heads * head_dim, hidden, attn_bias),
+        Linear("gate_proj", hidden, inter, mlp_bias),
+        Linear("up_proj", hidden, inter, mlp_bias),
+        Linear("down_proj", inter, hidden, mlp_bias),
+    )
+    return Architecture(
+        name=family, family="llama", hidden=hidden, intermediate=inter, layers=_field(config, "num_hidden_layers"),
+        heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=_field(config, "vocab_size"),
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)), linears=linears,
+        norm_params=2 * hidden, final_norm_params=hidden,  # RMSNorm: a weight, no bias
+    )
+
+
+def _falcon(config: dict) -> Architecture:
+    hidden = _field(config, "hidden_size", "n_embd", "n_embed")
+    heads = _field(config, "num_attention_heads", "n_head")
+    head_dim = hidden // heads
+    new_arch = bool(config.get("new_decoder_architecture", False))
+    multi_query = bool(config.get("multi_query", True))
+    # Same rule as FalconAttention: grouped KV in the new architecture, else one KV head (MQA) or all.
+    kv_heads = _field(config, "num_kv_heads", "n_head_kv", default=heads) if new_arch else (1 if multi_query else heads)
+    ffn = _field(config, "ffn_hidden_size", default=4 * hidden)
+    parallel = bool(config.get("parallel_attn", True))
+    bias = bool(config.get("bias", False))
+    linears = (
+        Linear("query_key_value", hidden, (heads + 2 * kv_heads) * head_dim, bias),
+        Linear("dense", hidden, hidden, bias),
+        Linear("dense_h_to_4h", hidden, ffn, bias),
+        Linear("dense_4h_to_h", ffn, hidden, bias),
+    )
+    ln_in_parallel = config.get("num_ln_in_parallel_attn") or (2 if new_arch else 1)
+    norms = 2 if not parallel or (new_arch and ln_in_parallel == 2) else 1
+    return Architecture(
+        name="falcon", family="falcon", hidden=hidden, intermediate=ffn,
+        layers=_field(config, "num_hidden_layers", "n_layer"), heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+        vocab=_field(config, "vocab_size"), tied_embeddings=bool(config.get("tie_word_embeddings", True)),
+        linears=linears, norm_params=norms * 2 * hidden, final_norm_params=2 * hidden,  # LayerNorm: weight + bias
+        parallel_attn=parallel, layer_norms=norms,
+    )
