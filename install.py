@@ -28,16 +28,23 @@ NAME = "spanish_ft"
 MANIFEST = f"extensions/{NAME}/.{NAME}-install.json"
 TEMP_SUFFIX = f".{NAME}-tmp"
 SKIP_DIRS = {"__pycache__"}
-TRAINING_SUFFIXES = {".py", ".json", ".yaml"}
+# The parts of the bundle's training/ package that the extension imports, directly or through one
+# another: these modules, and the .py/.json files below these folders (memory/configs/*.json are the
+# estimator's shipped model configs). Nothing else of training/ goes into the webui;
+# tests/test_install.py follows the extension's imports with ast to check this list.
+EXTENSION_TRAINING = ("__init__.py", "families.py", "templates.py", "files.py", "safeyaml.py", "adapters", "memory")
+TRAINING_SUFFIXES = {".py", ".json"}
 CHUNK_BYTES = 1 << 20
 EXIT_OK, EXIT_KEPT, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 LABELS = {"add": "added", "update": "updated", "unchanged": "unchanged", "keep": "kept (changed by you)",
           "remove": "removed"}
 
 HELP = f"""
-Copies into the webui: the extension (extensions/{NAME}/, plus the bundle's training/
-package as extensions/{NAME}/training/), instruction-templates/*.yaml, presets/*.yaml and
-every adapter folder under loras/. Missing bundle folders are skipped.
+Copies into the webui: the extension (extensions/{NAME}/), with the parts of the bundle's
+training/ package it imports as extensions/{NAME}/training/
+({", ".join(entry if entry.endswith(".py") else entry + "/" for entry in EXTENSION_TRAINING)}),
+instruction-templates/*.yaml, presets/*.yaml and every adapter folder under loras/.
+Missing bundle folders are skipped.
 
 Layout: a webui with a user_data/ folder (2025 and later) gets templates, presets and
 adapters under user_data/; an older one gets them in its top-level folders.
@@ -49,8 +56,9 @@ Record: {MANIFEST}
 lists every installed file with its sha256. A rerun changes only files whose content
 still equals the record; a file you changed, or one that was there before and is not
 ours, is kept and reported, unless --force, which first moves it to
-<file>.bak-<timestamp>. Files the new bundle no longer ships are removed when unchanged. --uninstall removes what the record lists (same rules), the folders the
-installer created once they are empty, and the record itself.
+<file>.bak-<timestamp>. Files the new bundle no longer ships are removed when unchanged.
+--uninstall removes what the record lists (same rules), the folders the installer created
+once they are empty, and the record itself.
 
 An adapter folder is installed whole or not at all: if you changed one of its files,
 none of the bundle's new files for that adapter are written (half of one adapter next
@@ -108,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         done = steps if args.dry_run else apply(target.webui, steps, manifest, version, args.uninstall)
     except (OSError, KeyboardInterrupt) as error:
-        print(f"error: stopped ({type(error).__name__}: {error})\nThe install record lists every file written so far: fix the cause "
-              "and rerun the same command, or rerun with --uninstall.", file=sys.stderr)
+        print(f"error: stopped ({type(error).__name__}: {error})\nThe install record lists every file written so far: "
+              "fix the cause and rerun the same command, or rerun with --uninstall.", file=sys.stderr)
         return EXIT_STOPPED
     print_summary(done, dry_run=args.dry_run)
     report_shadowing(target)
@@ -127,7 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print what would happen, write nothing")
     parser.add_argument("--force", action="store_true", help="replace or remove files you changed, after a backup")
     parser.add_argument("--uninstall", action="store_true", help="remove what this installer installed")
-    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="advanced: bundle to install (default: %(default)s)")
+    parser.add_argument("--bundle", type=Path, default=BUNDLE,
+                        help="advanced: bundle to install (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -160,10 +169,10 @@ def collect_bundle(bundle: Path, target: Target) -> dict[str, tuple[Path, str]]:
     # it imports script.py as the package `extensions.spanish_ft` (modules/extensions.py), so the
     # copied training/ is importable next to it; user_data/extensions/ loads script.py alone.
     extension = target.webui / "extensions" / NAME
-    training = bundle / "training"  # the extension imports the fuser and memory estimator from its copy
     pairs = walk_files(bundle / "extensions" / NAME, extension)
-    pairs += [(src, dst) for src, dst in walk_files(training, extension / "training")
-              if src.suffix in TRAINING_SUFFIXES and not src.is_relative_to(training / "data")]
+    for entry in EXTENSION_TRAINING:
+        pairs += [(src, dst) for src, dst in walk_files(bundle / "training" / entry, extension / "training" / entry)
+                  if src.suffix in TRAINING_SUFFIXES]
     for folder in ("instruction-templates", "presets"):
         pairs += [(src, target.data / folder / src.name) for src in sorted((bundle / folder).glob("*.yaml"))]
     # complete adapter folders only: not training work folders (<name>.work) nor hidden temp folders
@@ -186,7 +195,10 @@ def collect_bundle(bundle: Path, target: Target) -> dict[str, tuple[Path, str]]:
 
 
 def walk_files(root: Path, dest: Path) -> list[tuple[Path, Path]]:
-    """(file, its copy under dest) for every file below root, skipping caches and temp files."""
+    """(file, its copy under dest) for every file below root, skipping caches and temp files;
+    [(root, dest)] when root is a file."""
+    if root.is_file():
+        return [(root, dest)]
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)

@@ -18,7 +18,7 @@ Variants: `qlora` (NF4 weights, 16-bit embeddings, fp32 compute: the CPU default
 and compute), `lora-fp32` (bits=16 on the CPU: fp32 weights), `qlora-full-logits` (as `qlora`,
 but the loss of transformers' Trainer: full fp32 logits instead of TRL's chunked LM head), and
 `qlora-padded` / `qlora-packed` (four real rows of instrucciones-es, padded vs packed). The
-estimator (`training.memory.estimate(..., device="cpu")`) is printed next to each variant. The
+estimator (`training.memory.estimate.estimate` with `device="cpu"`) is printed next to each variant. The
 held-out answer loss of the base model on instrucciones-es/test.jsonl (16-bit weights, NF4,
 NF4 with 4-bit embeddings) prices the 4-bit embeddings. The last line is one JSON object with
 the figures.
@@ -127,10 +127,10 @@ def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -
     import torch
     from transformers import Trainer, TrainerCallback
 
+    from training.data.batches import choose_batching
     from training.data.prepare import as_dataset
     from training.data.tokens import IGNORE_INDEX
     from training.model.load import compute_dtype, load_tokenizer
-    from training.data.batches import choose_batching
     from training.train import build_trainer
 
     class ResetPeakAtLastStep(TrainerCallback):
@@ -206,13 +206,15 @@ def run_worker(name: str, args) -> dict:
 
 def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int, trained: int) -> float:
     """The estimator's peak for this variant's shape; `trained`: positions carrying loss (the LM head scores those)."""
-    from training.memory.estimate import estimate
     from training.memory.arch import load_model_config
+    from training.memory.estimate import MemorySettings, estimate
 
     bits, compute, loss, _, embeddings = VARIANTS[variant]
     share = min(1.0, trained / (batch * (seq_len - 1)))
-    result = estimate(load_model_config(model_dir), "qlora" if bits < 16 else "lora", bits, seq_len, batch, 16,
-                      device="cpu", compute=compute, embeddings=embeddings, loss=loss, trained_share=share)
+    settings = MemorySettings(method="qlora" if bits < 16 else "lora", bits=bits, seq_len=seq_len, batch=batch,
+                              rank=16, device="cpu", compute=compute, embeddings=embeddings, loss=loss,
+                              trained_share=share)
+    result = estimate(load_model_config(model_dir), settings)
     return result.total_bytes / MB
 
 

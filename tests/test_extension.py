@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "extensions" / "spanish_ft"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "webui"))
 
-from sft_adapters import check_base_model, scan_adapters  # noqa: E402
-from sft_guard import decide_guard, fuse_selection, fusion_name  # noqa: E402
-from sft_profile import ProfileError, WebuiPaths, resolve_profile, should_auto_apply  # noqa: E402
+from spanish_ft_ext.adapters import check_base_model, scan_adapters  # noqa: E402
+from spanish_ft_ext.guard import decide_guard, fuse_selection, fusion_name  # noqa: E402
+from spanish_ft_ext.profile import ProfileError, WebuiPaths, resolve_profile, should_auto_apply  # noqa: E402
 from tiny import build_config  # noqa: E402
 from tiny_adapters import make_adapter  # noqa: E402
 
@@ -203,7 +203,7 @@ def markdown_rows(table: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("model", ["mistral-7b", "tiny"])
 def test_memory_panel_numbers_equal_the_cli(model, tiny_model_dirs):
-    from sft_memory import PART_LABELS, SCENARIOS, gib, memory_markdown, memory_rows
+    from spanish_ft_ext.memory import PART_LABELS, SCENARIOS, gib, memory_markdown, memory_rows
 
     from training.memory.arch import load_model_config
 

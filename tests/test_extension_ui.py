@@ -22,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = ROOT / "extensions" / "spanish_ft"
+PACKAGE = "spanish_ft_ext"  # the one top-level name the extension adds to the webui's Python
 CHECK = Path(__file__).resolve().parent / "webui" / "ui_build_check.py"
 PYTHONS = [sys.executable] + [p for p in os.environ.get("SFT_EXTRA_GRADIO_PYTHONS", "").split(os.pathsep) if p]
 # The hooks' signatures in the webui's extensions/example/script.py (read from TGW_DIR when set).
@@ -98,6 +99,31 @@ def test_multi_user_mode_disables_the_controls_that_write_files_or_switch_adapte
     assert page["buttons"]["Aplicar perfil"] and any("multiusuario" in label for label in page["labels"])
 
 
+@pytest.mark.parametrize("python", PYTHONS)
+def test_handlers_change_only_the_components_they_name(python):
+    """Run through gradio's own processing: each handler's {component: update} reaches the right output."""
+    events = build(python, EXTENSION)["events"]
+    unchanged = {"__type__": "update"}
+    apply = events["Aplicar perfil.click"]  # no adapter applied: the webui's controls stay as they are
+    assert [apply[name] for name in ("instruction_template", "instruction_template_str", "preset_menu", "mode")] == [
+        unchanged] * 4
+    assert "⚠️ aplica exactamente un adaptador en Model → LoRA(s)" in apply["sft-status"]
+    guard = events["lora_menu.change"]  # two adapters picked: the guard shows, the webui's status says why
+    assert guard["sft-guard"]["visible"] and "### ⚠️ Varios adaptadores" in guard["sft-guard"]["value"]
+    assert guard["model_status"].startswith("⚠️ spanish_ft: Has elegido 2 adaptadores a la vez (a, b)")
+    assert guard["Fusionar ahora"]["visible"] and not guard["Fusionar ahora"]["interactive"]  # not in the folder
+
+
+def test_the_extension_adds_one_top_level_name_to_the_webui_process():
+    """Hooks run and UI built: every module loaded from the extension's folder is the package or one of its own."""
+    page = build(sys.executable, EXTENSION)
+    files = sorted((EXTENSION / PACKAGE).glob("*.py"))
+    package_modules = {f"{PACKAGE}.{path.stem}" for path in files if path.stem != "__init__"}
+    assert set(page["extension_modules"]) == {PACKAGE, *package_modules}  # all of them imported, nothing else
+    assert {name.split(".")[0] for name in page["extension_modules"]} == {PACKAGE}
+    assert not [name for name in page["extension_modules"] if name.split(".")[-1].startswith("sft_")]
+
+
 @pytest.fixture(scope="module")
 def installed_webui(tmp_path_factory) -> Path:
     """A webui skeleton with the bundle installed by install.py (the repo is not on its path)."""
@@ -120,3 +146,30 @@ def test_installed_copy_works_without_the_bundle_checkout(installed_webui, where
     page = build(sys.executable, extension, *options, cwd=installed_webui, bundle=None)
     assert Path(page["training_file"]).resolve() == (extension / "training" / "__init__.py").resolve()
     assert "Aplicar perfil" in page["labels"]
+    assert {name.split(".")[0] for name in page["extension_modules"]} == {PACKAGE, "training"}
+
+
+IMPORT_TRAINING_COPY = """
+import importlib, json, sys
+from pathlib import Path
+extension = Path(sys.argv[1])
+sys.path.insert(0, str(extension))
+for path in sorted((extension / "training").rglob("*.py")):
+    parts = path.relative_to(extension).with_suffix("").parts
+    importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+print(json.dumps({name: module.__file__ for name, module in sys.modules.items() if name.split(".")[0] == "training"}))
+"""
+
+
+def test_the_installed_training_copy_needs_nothing_of_training_outside_it(installed_webui):
+    """Each copied module imports, and every training.* module loaded is the copy's: a development
+    environment's editable install of the bundle must not fill a gap from the checkout."""
+    extension = installed_webui / "extensions" / "spanish_ft"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", IMPORT_TRAINING_COPY, str(extension)], cwd=installed_webui, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    outside = {name: file for name, file in loaded.items()
+               if not Path(file).resolve().is_relative_to((extension / "training").resolve())}
+    assert outside == {}

@@ -1,7 +1,9 @@
-"""install.py against fake webui trees of both layouts: install, upgrade, conflicts, undo, crashes."""
+"""install.py against fake webui trees of both layouts: install, upgrade, conflicts, undo, crashes;
+and the parts of training/ it copies against what the extension imports."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -46,7 +48,10 @@ def bundle(tmp_path) -> Path:
     write(root / "loras/mistral-fusionado/adapter_model.safetensors", bytes(range(256)) * 64)
     write(root / "loras/mistral-fusionado/extra/record.json", "{}\n")
     write(root / "training/__init__.py", '"""training"""\n')
+    write(root / "training/families.py", "FAMILIES = {}\n")
     write(root / "training/adapters/fuse.py", "def fuse(): ...\n")
+    write(root / "training/memory/configs/mistral-7b.json", "{}\n")
+    write(root / "training/train.py", "not used by the extension: not copied\n")
     write(root / "training/schema.json", "{}\n")
     write(root / "training/recipes/mistral-leyes-ec.yaml", "lora: {}\n")
     write(root / "training/notes.txt", "not copied\n")
@@ -85,13 +90,15 @@ def test_fresh_install_copies_the_bundle_and_records_every_file(webui, bundle, c
     assert run(webui, bundle) == 0
     data = data_dir(webui)
     ext = webui / "extensions/spanish_ft"
-    for path in (ext / "script.py", ext / "helpers/adapters.py", ext / "training/adapters/fuse.py",
-                 ext / "training/schema.json", ext / "training/recipes/mistral-leyes-ec.yaml",
+    for path in (ext / "script.py", ext / "helpers/adapters.py", ext / "training/__init__.py",
+                 ext / "training/families.py", ext / "training/adapters/fuse.py",
+                 ext / "training/memory/configs/mistral-7b.json",
                  data / "instruction-templates/spanish_ft-Mistral.yaml", data / "presets/spanish_ft-Mistral.yaml",
                  data / "loras/mistral-fusionado/adapter_model.safetensors",
                  data / "loras/mistral-fusionado/extra/record.json"):
         assert path.is_file(), path
     for path in (ext / "__pycache__", ext / "training/data", ext / "training/__pycache__", ext / "training/notes.txt",
+                 ext / "training/train.py", ext / "training/schema.json", ext / "training/recipes",
                  data / "instruction-templates/notes.txt", data / "loras/README.md"):
         assert not path.exists(), path
     record = json.loads((webui / RECORD).read_text())
@@ -131,6 +138,35 @@ def test_upgrade_replaces_adds_and_removes_only_what_it_owns(webui, bundle, caps
     record = json.loads((webui / RECORD).read_text())
     assert "user_data/loras/mistral-fusionado/extra/record.json" not in record["files"]
     assert not any("extra" in folder for folder in record["created_dirs"])
+
+
+def test_upgrade_from_an_install_with_the_sft_modules_removes_them(webui, bundle, monkeypatch, capsys):
+    """An older bundle shipped sft_* modules beside script.py and copied all of training/: an upgrade to
+    this layout removes what is no longer shipped, and its folders, and uninstall still restores the tree."""
+    before = snapshot(webui)
+    old = ["extensions/spanish_ft/sft_ui.py", "extensions/spanish_ft/sft_webui.py", "training/train.py",
+           "training/model/load.py"]
+    for rel in old:
+        write(bundle / rel, "# the older layout\n")
+    with monkeypatch.context() as patch:  # the older installer copied more of training/
+        patch.setattr(install, "EXTENSION_TRAINING", (*install.EXTENSION_TRAINING, "train.py", "model"))
+        assert run(webui, bundle) == 0
+    ext = webui / "extensions/spanish_ft"
+    assert all((ext / rel.removeprefix("extensions/spanish_ft/")).is_file() for rel in old)
+    for rel in old:
+        (bundle / rel).unlink()
+    capsys.readouterr()
+
+    assert run(webui, bundle) == 0
+    for path in (ext / "sft_ui.py", ext / "sft_webui.py", ext / "training/train.py", ext / "training/model"):
+        assert not path.exists(), path
+    assert (ext / "script.py").is_file() and (ext / "training/adapters/fuse.py").is_file()
+    assert "0 added, 0 updated, 11 unchanged, 0 kept (changed by you), 4 removed" in capsys.readouterr().out
+    record = json.loads((webui / RECORD).read_text())
+    assert not [rel for rel in record["files"] if "/sft_" in rel or "/training/model/" in rel or "train.py" in rel]
+    assert not [folder for folder in record["created_dirs"] if folder.endswith("training/model")]
+    assert run(webui, bundle, "--uninstall") == 0
+    assert snapshot(webui) == before
 
 
 def test_a_file_the_user_changed_is_kept_unless_forced_then_backed_up(webui, bundle, capsys):
@@ -335,6 +371,55 @@ def test_the_real_bundle_installs_in_a_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "user_data/presets/spanish_ft-Mistral.yaml" in out
     assert "extensions/spanish_ft/training/__init__.py" in out
+    assert "extensions/spanish_ft/spanish_ft_ext/webui.py" in out
+    assert "extensions/spanish_ft/training/memory/configs/mistral-7b.json" in out
+    assert "extensions/spanish_ft/training/train.py" not in out and "/sft_" not in out
+
+
+def imported_training_modules(path: Path) -> set[str]:
+    """The training.* names a file imports, at the top or inside a function (`from training.x import y`
+    gives training.x and training.x.y: y may be a module)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return {name for name in names if name.split(".")[0] == "training"}
+
+
+def module_file(name: str) -> Path | None:
+    """The bundle file of module `name`, or None when the name is not a module (an attribute)."""
+    path = ROOT / Path(*name.split("."))
+    return next((file for file in (path.with_suffix(".py"), path / "__init__.py") if file.is_file()), None)
+
+
+def test_the_installer_copies_every_training_module_the_extension_imports(tmp_path):
+    """The extension's training.* imports, followed through the modules they import and their parent
+    packages, all land in the webui's copy; so do the memory estimator's shipped configs."""
+    webui = make_webui(tmp_path / "webui", "new")
+    copied = set(install.collect_bundle(ROOT, install.locate_webui(webui, None)))
+    extension = ROOT / "extensions/spanish_ft"
+    todo = [(name, path) for path in sorted(extension.rglob("*.py")) for name in imported_training_modules(path)]
+    listed = {entry.removesuffix(".py") for entry in install.EXTENSION_TRAINING}
+    assert todo and [name for name, _ in todo if name.split(".")[1] not in listed] == []  # the extension's own
+    needed: dict[str, Path] = {}  # webui path of a needed training file: the file that needs it
+    while todo:
+        name, importer = todo.pop()
+        file = module_file(name)
+        rel = file and f"extensions/spanish_ft/{file.relative_to(ROOT).as_posix()}"
+        if file is None or rel in needed:  # an attribute (training.families.FAMILIES), or seen
+            continue
+        needed[rel] = importer
+        parent = name.rpartition(".")[0]
+        todo += [(module, file) for module in imported_training_modules(file)] + ([(parent, file)] if parent else [])
+    assert {f"extensions/spanish_ft/training/{rel}" for rel in (
+        "__init__.py", "adapters/__init__.py", "adapters/fuse.py", "memory/estimate.py", "families.py")} <= set(needed)
+    missing = {rel: needed[rel].relative_to(ROOT).as_posix() for rel in sorted(set(needed) - copied)}
+    assert missing == {}, "not copied into the webui (needed by): install.EXTENSION_TRAINING lacks them"
+    configs = {f"extensions/spanish_ft/training/memory/configs/{path.name}"
+               for path in (ROOT / "training/memory/configs").glob("*.json")}
+    assert configs and configs <= copied
 
 
 def test_help_runs_standalone_and_documents_exit_codes():

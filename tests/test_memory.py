@@ -14,10 +14,9 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, FalconConfig,
 
 from training.__main__ import main
 from training.families import FAMILIES
-from training.memory.estimate import GIB, estimate
-from training.memory.arch import load_model_config
 from training.memory.activations import layer_saved_bytes
-from training.memory.arch import architecture_of
+from training.memory.arch import architecture_of, load_model_config
+from training.memory.estimate import GIB, MemorySettings, estimate
 
 SEVEN_B = {"mistral-7b": 7.24e9, "llama2-7b": 6.74e9, "falcon-7b": 6.92e9, "llama3-8b": 8.03e9}
 
@@ -60,7 +59,8 @@ def test_lora_size_matches_peft_trainable_parameters(tiny_model_dirs, family):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family])
     peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=list(FAMILIES[family].lora_targets)))
     trainable, _ = peft_model.get_nb_trainable_parameters()
-    result = estimate(_config(tiny_model_dirs[family]), "qlora", 4, 64, 2, 8, device="cpu")
+    result = estimate(_config(tiny_model_dirs[family]), 
+        MemorySettings(method="qlora", bits=4, seq_len=64, batch=2, rank=8, device="cpu"))
     assert result.trainable_params == trainable
     assert result.breakdown["lora_weights"] == 4 * trainable  # fp32, as PEFT keeps them
 
@@ -114,35 +114,39 @@ def test_saved_activations_of_a_layer_match_autograd(tiny_model_dirs, family, ba
 def test_four_bit_weights_are_under_a_third_of_sixteen_bit():
     for name in ("mistral-7b", "llama2-7b", "falcon-7b"):
         config = load_model_config(name)
-        four = estimate(config, "inference", 4, 1, 1, 1).breakdown
-        sixteen = estimate(config, "inference", 16, 1, 1, 1).breakdown
+        four = estimate(config, MemorySettings(method="inference", bits=4, seq_len=1, batch=1, rank=1)).breakdown
+        sixteen = estimate(config, MemorySettings(method="inference", bits=16, seq_len=1, batch=1, rank=1)).breakdown
         assert four["weights"] + four["quant_constants"] < 0.3 * sixteen["weights"]
 
 
 def test_kv_cache_matches_the_known_per_token_size():
     """Llama-2-7B keeps 0.5 MiB of K/V per token in 16-bit (2 x 32 layers x 4096 x 2 bytes);
     Falcon-7B's single K/V head keeps 71 times less than its 71 query heads would."""
-    llama = estimate(load_model_config("llama2-7b"), "inference", 16, 1000, 1, 1).breakdown["kv_cache"]
+    llama = estimate(load_model_config("llama2-7b"), 
+        MemorySettings(method="inference", bits=16, seq_len=1000, batch=1, rank=1)).breakdown["kv_cache"]
     assert llama == 1000 * 512 * 1024
-    falcon = estimate(load_model_config("falcon-7b"), "inference", 16, 1000, 1, 1).breakdown["kv_cache"]
+    falcon = estimate(load_model_config("falcon-7b"), 
+        MemorySettings(method="inference", bits=16, seq_len=1000, batch=1, rank=1)).breakdown["kv_cache"]
     assert falcon == 1000 * 2 * 32 * 64 * 2
 
 
 def test_checkpointing_and_batch_move_the_estimate_the_right_way():
     config = load_model_config("mistral-7b")
-    with_gc = estimate(config, "qlora", 4, 1024, 4, 16)
-    without = estimate(config, "qlora", 4, 1024, 4, 16, gradient_checkpointing=False)
+    with_gc = estimate(config, MemorySettings(method="qlora", bits=4, seq_len=1024, batch=4, rank=16))
+    without = estimate(config, 
+        MemorySettings(method="qlora", bits=4, seq_len=1024, batch=4, rank=16, gradient_checkpointing=False))
     assert without.breakdown["activations"] > 10 * with_gc.breakdown["activations"]
-    bigger = estimate(config, "qlora", 4, 1024, 8, 16)
+    bigger = estimate(config, MemorySettings(method="qlora", bits=4, seq_len=1024, batch=8, rank=16))
     assert bigger.total_bytes > with_gc.total_bytes
     assert with_gc.breakdown["weights"] == bigger.breakdown["weights"]
-    cpu = estimate(config, "qlora", 4, 1024, 4, 16, device="cpu")
+    cpu = estimate(config, MemorySettings(method="qlora", bits=4, seq_len=1024, batch=4, rank=16, device="cpu"))
     assert "cuda_context" not in cpu.breakdown and "cuda_context" in with_gc.breakdown
 
 
 def test_wrong_settings_are_reported_together():
     with pytest.raises(ValueError) as err:
-        estimate(load_model_config("mistral-7b"), "qlora", 16, 0, 1, 8, optimizer="sgd")
+        estimate(load_model_config("mistral-7b"), 
+            MemorySettings(method="qlora", bits=16, seq_len=0, batch=1, rank=8, optimizer="sgd"))
     message = str(err.value)
     assert "--bits 4 or 8" in message and "seq_len" in message and "adamw, paged_adamw_8bit" in message
 
@@ -188,7 +192,8 @@ def test_weights_term_is_what_our_loader_keeps(tiny_model_dirs, family, embeddin
                              trust_remote_code=False)
     model = load_base_model(settings, quant, True, torch.device("cpu"))
     loaded = sum(p.numel() * p.element_size() for p in model.parameters())
-    expected = estimate(_config(tiny_model_dirs[family]), "qlora", 4, 8, 1, 4, device="cpu", embeddings=embeddings)
+    expected = estimate(_config(tiny_model_dirs[family]), 
+        MemorySettings(method="qlora", bits=4, seq_len=8, batch=1, rank=4, device="cpu", embeddings=embeddings))
     assert expected.breakdown["weights"] == loaded
 
 

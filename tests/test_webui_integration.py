@@ -136,7 +136,7 @@ def test_user_paths_in_a_browser(webui):
     import ui_flows
 
     sys.path.insert(0, str(ROOT / "extensions" / "spanish_ft"))
-    from sft_memory import SCENARIOS, gib
+    from spanish_ft_ext.memory import SCENARIOS, gib
 
     with ui_flows.browser_page(webui["ui"]) as page:
         ui_flows.flow_profile(page, adapter="llama2-instrucciones")

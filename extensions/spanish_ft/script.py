@@ -9,10 +9,11 @@ Start the webui with `--extensions spanish_ft`; the extension's tab has three pa
 - Comparar: one question answered by the base model and each adapter of its family.
 - Memoria: memory needed for inference and training, as `python -m training memory`.
 
-Webui hooks only; the logic lives in the sft_* modules beside this file. The webui loads
-this file as `extensions.spanish_ft.script` or, from user_data/extensions, with no parent
-package: imports are therefore absolute, from this folder put on sys.path (the installer
-copies the bundle's `training` package here too).
+Webui hooks only; the logic lives in the package `spanish_ft_ext` beside this file (its
+__init__ maps it). The webui loads this file as `extensions.spanish_ft.script` or, from
+user_data/extensions, with no parent package: this folder is therefore put on sys.path and
+the package imported by its own distinctive name, the one top-level name the extension adds
+(the installer copies the parts of the bundle's `training` package it uses here too).
 """
 
 import sys
@@ -22,7 +23,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-# The sft_* modules import the webui's modules.shared, so the hooks import them when called:
+# The package's modules import the webui's modules.shared, so the hooks import them when called:
 # this file stays importable without a webui (tests read `params` and the hook signatures).
 
 # Every key can be overridden in the webui's settings.yaml as `spanish_ft-<key>: value`.
@@ -48,9 +49,9 @@ params = {
 
 def setup():
     """Runs once when the webui imports the extension (after the start-up model and --lora load)."""
-    import sft_startup
+    from spanish_ft_ext import startup
 
-    sft_startup.check_at_startup(params)
+    startup.check_at_startup(params)
 
 
 def state_modifier(state):
@@ -58,14 +59,14 @@ def state_modifier(state):
 
     The state is returned unchanged: the user's template and preset choices are never overridden.
     """
-    import sft_startup
+    from spanish_ft_ext import startup
 
-    sft_startup.check_before_generation(state)
+    startup.check_before_generation(state)
     return state
 
 
 def ui():
     """Builds the extension's tab and its listeners on the webui's LoRA menu and model status."""
-    import sft_ui
+    from spanish_ft_ext.ui import build_ui
 
-    sft_ui.build_ui(params)
+    build_ui(params)

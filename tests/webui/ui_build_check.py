@@ -2,7 +2,10 @@
 
 Only for the UI-construction check: the fake webui holds just the components the extension
 attaches listeners to (LoRA menu, model status, template, preset, mode, interface state)
-and `shared.args`. Prints a JSON summary of the built page for tests/test_extension_ui.py:
+and `shared.args`. Runs the hooks as the webui does (setup, ui, state_modifier), runs a few
+listeners through gradio's own processing (EVENTS), and prints a JSON summary of the built
+page, of those events and of the modules loaded from the extension's folder, for
+tests/test_extension_ui.py:
 
     python ui_build_check.py EXTENSION_DIR [--bundle-root DIR] [--as-package] [--multi-user]
 
@@ -14,6 +17,7 @@ does for its extensions/ folder (`extensions.spanish_ft.script`, from the curren
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import sys
@@ -25,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import launch_webui  # noqa: E402  (makes gradio 4.37 importable with huggingface_hub 1.x before importing it)
 
 gr = launch_webui.gr
+# Listeners run as a browser event would run them, with their inputs: "Aplicar perfil" with no
+# adapter applied, and two adapters the LoRA folder does not hold picked in the LoRA menu.
+EVENTS = {"Aplicar perfil.click": [], "lora_menu.change": [["a", "b"]]}
 
 
 def fake_shared(multi_user: bool, lora_dir: Path) -> types.ModuleType:
@@ -65,17 +72,52 @@ def load_script(extension_dir: Path, as_package: bool):
     return script
 
 
+def modules_from(folder: Path, script_file: Path) -> list[str]:
+    """Names in sys.modules of the modules loaded from `folder`, except the script (the webui names it)."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder) and Path(file).resolve() != script_file:
+            names.append(name)
+    return sorted(names)
+
+
+def component_names(demo, shared) -> dict:
+    """{component id: the webui's name for it, else its elem_id, else a button's label}."""
+    names = {}
+    for component in demo.get_config_file()["components"]:
+        props = component.get("props", {})
+        label = props.get("value") if component.get("type") == "button" else None
+        if props.get("elem_id") or label:
+            names[component["id"]] = props.get("elem_id") or label
+    return {**names, **{c._id: name for name, c in shared.gradio.items() if hasattr(c, "_id")}}
+
+
+def run_events(demo, names: dict) -> dict:
+    """{"target.event": {output: the value gradio sends to the browser}} for the listeners of EVENTS."""
+    from gradio.state_holder import SessionState
+
+    results = {}
+    for index, dep in enumerate(demo.get_config_file()["dependencies"]):
+        target, event = dep["targets"][0]
+        key = f"{names.get(target, target)}.{event}"
+        if key in EVENTS:
+            data = asyncio.run(demo.process_api(index, EVENTS[key], SessionState(demo)))["data"]
+            results[key] = dict(zip((str(names.get(o, o)) for o in dep["outputs"]), data, strict=True))
+    return results
+
+
 def summary(demo, shared) -> dict:
     config = demo.get_config_file()
-    ids = {id(component): component._id for component in shared.gradio.values() if hasattr(component, "_id")}
-    names = {ids[id(component)]: name for name, component in shared.gradio.items() if id(component) in ids}
+    names = component_names(demo, shared)
     listeners = [{"targets": [[names.get(t[0], t[0]), t[1]] for t in dep["targets"]],
                   "outputs": [names.get(o, o) for o in dep["outputs"]]} for dep in config["dependencies"]]
     labels = [c.get("props", {}).get("label") or c.get("props", {}).get("value") for c in config["components"]]
     interactive = {c["props"].get("value"): c["props"].get("interactive") for c in config["components"]
                    if c.get("type") == "button"}
     return {"gradio": gr.__version__, "listeners": listeners, "labels": [str(x) for x in labels if x],
-            "buttons": interactive, "training_file": sys.modules["training"].__file__}
+            "buttons": interactive, "training_file": sys.modules["training"].__file__,
+            "events": run_events(demo, names)}
 
 
 def main() -> None:
@@ -90,13 +132,19 @@ def main() -> None:
     webui = Path(tempfile.mkdtemp())
     (webui / "loras").mkdir()
     shared = fake_shared(args.multi_user, webui / "loras")
-    script = load_script(args.extension_dir.resolve(), args.as_package)
+    extension = args.extension_dir.resolve()
+    script = load_script(extension, args.as_package)
+    script.setup()
     with gr.Blocks() as demo:
         shared.gradio["interface"] = demo
         build_webui_controls(shared)
         with gr.Tab(script.params["display_name"]):
             script.ui()
-    print(json.dumps(summary(demo, shared)))
+    state = {"mode": "instruct", "instruction_template_str": "x"}
+    assert script.state_modifier(state) is state
+    page = summary(demo, shared)
+    page["extension_modules"] = modules_from(extension, extension / "script.py")
+    print(json.dumps(page))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
 The estimate is the peak of one training step (or of a prefill for inference), as a sum of
 named physical terms: weights, quantisation constants, LoRA weights, gradients, optimizer
 states, the activations autograd saves (per decoder layer, term by term in
-`training.memory_activations`), the largest short-lived buffer set at that peak (the LM head
-and loss at their backward, `training.memory_loss`, or one recomputed layer), the KV cache,
+`training.memory.activations`), the largest short-lived buffer set at that peak (the LM head
+and loss at their backward, `training.memory.loss`, or one recomputed layer), the KV cache,
 and the CUDA context.
 
 Assumptions (each one is a choice a run can change; the numbers move with it):
@@ -76,52 +76,62 @@ class Estimate:
         return {**asdict(self), "total_bytes": self.total_bytes, "total_gib": round(self.total_bytes / GIB, 3)}
 
 
-def estimate(
-    config: dict, method: str, bits: int, seq_len: int, batch: int, rank: int,
-    gradient_checkpointing: bool = True, optimizer: str = "adamw", device: str = "cuda",
-    lora_dropout: float = 0.05, double_quant: bool = True, compute: str = "auto", embeddings: str = "16bit",
-    loss: str = "fused", trained_share: float = 1.0,
-) -> Estimate:
-    """Peak memory of one step of `method` at `batch` x `seq_len` tokens; see the module docstring."""
-    _check_settings(method, bits, seq_len, batch, rank, optimizer, device, compute, embeddings, loss)
-    if not 0 < trained_share <= 1:
-        raise ValueError(f"trained_share: {trained_share} is not in (0, 1]: the share of positions that carry loss")
+@dataclass(frozen=True)
+class MemorySettings:
+    """What one estimate is for. Invalid values raise ValueError listing every bad field at once."""
+
+    method: str = "qlora"  # inference | full (fine-tuning) | lora (16-bit base) | qlora (4/8-bit base)
+    bits: int = 4  # base weights: 4 (NF4), 8 (LLM.int8) or 16
+    seq_len: int = 1024  # tokens per row (the recipes' max_tokens)
+    batch: int = 4  # rows per step (or prompts at once for inference)
+    rank: int = 16  # LoRA rank, every linear layer a target
+    gradient_checkpointing: bool = True  # keep one hidden state per layer and recompute the rest
+    optimizer: str = "adamw"  # adamw | paged_adamw_8bit
+    device: str = "cuda"  # cuda (adds the CUDA context) | cpu
+    lora_dropout: float = 0.05  # > 0 saves a dropout mask per adapted input
+    double_quant: bool = True  # NF4 absmax quantised to 8 bits (quantization.double_quant)
+    compute: str = "auto"  # compute dtype: auto (bf16 on cuda, fp32 on cpu) | bfloat16 | float16 | float32
+    embeddings: str = "16bit"  # embedding and LM head storage in a 4-bit model: 16bit | 4bit
+    loss: str = "fused"  # fused: TRL's chunked LM head (our trainer) | full: fp32 logits (transformers)
+    trained_share: float = 1.0  # share of the positions that carry loss (answer-only rows: ~0.3-0.5)
+
+    def __post_init__(self) -> None:
+        _check_settings(self)
+
+
+def estimate(config: dict, settings: MemorySettings) -> Estimate:
+    """Peak memory of one step of `settings.method` at batch x seq_len tokens; see the module docstring."""
+    s = settings
     arch = architecture_of(config)
-    compute_bytes = COMPUTE_DTYPES[compute] or (2 if device == "cuda" else 4)
+    compute_bytes = COMPUTE_DTYPES[s.compute] or (2 if s.device == "cuda" else 4)
     parts, notes = {}, {}
-    parts["weights"], constants = weight_bytes(arch, method, bits, compute_bytes, double_quant, embeddings)
-    notes["weights"] = weights_note(method, bits, compute_bytes, embeddings)
-    if bits < 16:
+    parts["weights"], constants = weight_bytes(arch, s.method, s.bits, compute_bytes, s.double_quant, s.embeddings)
+    notes["weights"] = weights_note(s.method, s.bits, compute_bytes, s.embeddings)
+    if s.bits < 16:
         parts["quant_constants"] = constants
-        notes["quant_constants"] = ("int8: an fp32 scale per output row" if bits == 8 else
-                                    "NF4 absmax: uint8 per 64 weights + fp32 per 256 blocks" if double_quant else
+        notes["quant_constants"] = ("int8: an fp32 scale per output row" if s.bits == 8 else
+                                    "NF4 absmax: uint8 per 64 weights + fp32 per 256 blocks" if s.double_quant else
                                     "NF4 absmax: fp32 per 64 weights")
-        if embeddings == "4bit":
+        if s.embeddings == "4bit":
             notes["quant_constants"] += "; NF4 embeddings: fp32 per 64 weights"
-    trainable = trainable_tensors(arch, method, rank)
-    if method == "inference":
-        parts["kv_cache"] = 2 * arch.layers * batch * seq_len * arch.kv_heads * arch.head_dim * compute_bytes
+    trainable = trainable_tensors(arch, s.method, s.rank)
+    if s.method == "inference":
+        parts["kv_cache"] = 2 * arch.layers * s.batch * s.seq_len * arch.kv_heads * arch.head_dim * compute_bytes
         notes["kv_cache"] = f"K and V of {arch.layers} layers x {arch.kv_heads} KV heads x batch x seq"
-        parts["prefill"] = prefill_bytes(arch, batch, seq_len, compute_bytes, bits)
+        parts["prefill"] = prefill_bytes(arch, s.batch, s.seq_len, compute_bytes, s.bits)
         notes["prefill"] = "working set of one layer on the whole prompt + last-token logits (fp32)"
     else:
-        _add_training_parts(parts, notes, arch, trainable, method, optimizer, compute_bytes)
-        head_bytes = compute_bytes if bits == 16 else 2 if embeddings == "16bit" else 0
+        _add_training_parts(parts, notes, arch, trainable, s.method, s.optimizer, compute_bytes)
         parts["activations"], parts["peak_transient"], notes["peak_transient"] = _training_activations(
-            arch, method, batch, seq_len, rank, lora_dropout, gradient_checkpointing, compute_bytes, bits, device,
-            head_bytes, loss, trained_share)
-        notes["activations"] = ("one checkpointed hidden state per layer" if gradient_checkpointing
+            arch, s, compute_bytes)
+        notes["activations"] = ("one checkpointed hidden state per layer" if s.gradient_checkpointing
                                 else "everything autograd saves in every layer")
-    if device == "cuda":
+    if s.device == "cuda":
         parts["cuda_context"] = CUDA_CONTEXT_BYTES
         notes["cuda_context"] = "CUDA context + library workspaces (0.5-1 GiB; not in torch's allocator stats)"
-    settings = dict(method=method, bits=bits, seq_len=seq_len, batch=batch, rank=rank,
-                    gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, device=device,
-                    lora_dropout=lora_dropout, double_quant=double_quant,
-                    compute="bf16/fp16" if compute_bytes == 2 else "fp32", embeddings=embeddings, loss=loss,
-                    trained_share=trained_share)
+    shown = {**asdict(s), "compute": "bf16/fp16" if compute_bytes == 2 else "fp32"}
     return Estimate(model=arch.name, params=arch.total_params, trainable_params=sum(trainable),
-                    settings=settings, breakdown=parts, notes=notes)
+                    settings=shown, breakdown=parts, notes=notes)
 
 
 def _add_training_parts(parts, notes, arch, trainable, method, optimizer, compute_bytes) -> None:
@@ -137,42 +147,47 @@ def _add_training_parts(parts, notes, arch, trainable, method, optimizer, comput
                                  "8-bit AdamW: 2 bytes per weight + fp32 absmax per 256")
 
 
-def _check_settings(method, bits, seq_len, batch, rank, optimizer, device, compute, embeddings, loss) -> None:
+def _check_settings(s: MemorySettings) -> None:
     errors = []
-    for name, value, allowed in (("compute", compute, COMPUTE_DTYPES), ("embeddings", embeddings, EMBEDDINGS),
-                                 ("loss", loss, LOSSES)):
+    for name, value, allowed in (("compute", s.compute, COMPUTE_DTYPES), ("embeddings", s.embeddings, EMBEDDINGS),
+                                 ("loss", s.loss, LOSSES)):
         if value not in allowed:
             errors.append(f"{name} {value!r}: allowed {', '.join(allowed)}")
-    if embeddings == "4bit" and bits != 4:
+    if s.embeddings == "4bit" and s.bits != 4:
         errors.append("embeddings 4bit needs --bits 4 (as quantization.embeddings: 4bit needs quantization.bits: 4)")
-    if method not in METHODS:
-        errors.append(f"method {method!r}: allowed {', '.join(METHODS)}")
-    if bits not in (4, 8, 16):
-        errors.append(f"bits {bits!r}: allowed 4, 8, 16")
-    elif method in ("full", "lora") and bits != 16:
-        errors.append(f"method {method} trains a 16-bit model; for a 4/8-bit base use --method qlora")
-    elif method == "qlora" and bits == 16:
+    if s.method not in METHODS:
+        errors.append(f"method {s.method!r}: allowed {', '.join(METHODS)}")
+    if s.bits not in (4, 8, 16):
+        errors.append(f"bits {s.bits!r}: allowed 4, 8, 16")
+    elif s.method in ("full", "lora") and s.bits != 16:
+        errors.append(f"method {s.method} trains a 16-bit model; for a 4/8-bit base use --method qlora")
+    elif s.method == "qlora" and s.bits == 16:
         errors.append("method qlora needs --bits 4 or 8; for a 16-bit base use --method lora")
-    if optimizer not in OPTIMIZERS:
-        errors.append(f"optimizer {optimizer!r}: allowed {', '.join(OPTIMIZERS)}")
-    if device not in DEVICES:
-        errors.append(f"device {device!r}: allowed {', '.join(DEVICES)}")
+    if s.optimizer not in OPTIMIZERS:
+        errors.append(f"optimizer {s.optimizer!r}: allowed {', '.join(OPTIMIZERS)}")
+    if s.device not in DEVICES:
+        errors.append(f"device {s.device!r}: allowed {', '.join(DEVICES)}")
     errors += [f"{name} must be a positive integer, got {value!r}"
-               for name, value in (("seq_len", seq_len), ("batch", batch), ("rank", rank)) if value < 1]
+               for name, value in (("seq_len", s.seq_len), ("batch", s.batch), ("rank", s.rank)) if value < 1]
+    if not 0 < s.trained_share <= 1:
+        errors.append(f"trained_share: {s.trained_share} is not in (0, 1]: the share of positions that carry loss")
     if errors:
         raise ValueError("; ".join(errors))
 
 
-def _training_activations(arch, method, batch, seq_len, rank, dropout, checkpointing, compute_bytes, bits, device,
-                          head_bytes, loss, trained_share=1.0):
+def _training_activations(arch, s: MemorySettings, compute_bytes: int):
     """(saved activations, the largest transient at the peak, what that transient is)."""
-    tokens = batch * seq_len
-    layer = sum(layer_saved_bytes(arch, method, batch, seq_len, rank, dropout, compute_bytes, device).values())
+    tokens = s.batch * s.seq_len
+    head_bytes = compute_bytes if s.bits == 16 else 2 if s.embeddings == "16bit" else 0
+    layer = sum(layer_saved_bytes(arch, s.method, s.batch, s.seq_len, s.rank, s.lora_dropout, compute_bytes,
+                                  s.device).values())
     loss_saved, loss_peak, loss_note = head_and_loss_bytes(
-        arch, batch, seq_len, compute_bytes, head_bytes, method == "full", device, loss, trained_share)
+        arch, s.batch, s.seq_len, compute_bytes, head_bytes, s.method == "full", s.device, s.loss, s.trained_share)
     outside = final_norm_saved(arch, tokens, compute_bytes) + loss_saved
-    saved = (arch.layers * tokens * arch.hidden * compute_bytes if checkpointing else arch.layers * layer) + outside
-    backward = layer_backward_bytes(arch, batch, seq_len, compute_bytes, bits) + (layer if checkpointing else 0)
+    saved = ((arch.layers * tokens * arch.hidden * compute_bytes if s.gradient_checkpointing else arch.layers * layer)
+             + outside)
+    backward = (layer_backward_bytes(arch, s.batch, s.seq_len, compute_bytes, s.bits)
+                + (layer if s.gradient_checkpointing else 0))
     if loss_peak >= backward:
         return saved, loss_peak, loss_note
     return saved, backward, "one layer's backward working set (recomputed activations + gradients in flight)"

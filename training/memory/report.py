@@ -26,6 +26,7 @@ from training.memory.estimate import (
     METHODS,
     OPTIMIZERS,
     Estimate,
+    MemorySettings,
     estimate,
 )
 
@@ -69,7 +70,7 @@ class Anchor:
     config: str  # shipped config name
     published_gib: float
     includes_cuda_context: bool
-    settings: dict  # our estimate() arguments for the known settings
+    settings: dict  # MemorySettings fields for the known settings (the rest: the bundle's QLoRA defaults)
     why: str
 
 
@@ -101,7 +102,7 @@ def _anchor_row(anchor: Anchor) -> dict:
     config = load_model_config(anchor.config)
     settings = {"method": "qlora", "bits": 4, "optimizer": "adamw", "gradient_checkpointing": True, "loss": "fused",
                 **anchor.settings}
-    ours = estimate(config, **settings)
+    ours = estimate(config, MemorySettings(**settings))
     total = ours.total_bytes - (0 if anchor.includes_cuda_context else CUDA_CONTEXT_BYTES)
     return {
         "anchor": anchor.source,
@@ -129,11 +130,11 @@ def _tokens_to_reach(config: dict, settings: dict, anchor: Anchor) -> int | None
     """Sequence length (at the anchor's batch) where our estimate reaches the published number."""
     target = anchor.published_gib * GIB + (0 if anchor.includes_cuda_context else CUDA_CONTEXT_BYTES)
     low, high = 1, 1 << 17
-    if estimate(config, **{**settings, "seq_len": low}).total_bytes > target:
+    if estimate(config, MemorySettings(**{**settings, "seq_len": low})).total_bytes > target:
         return None  # even one token per row is above it: the difference is not in the activations
     while high - low > 1:
         middle = (low + high) // 2
-        fits = estimate(config, **{**settings, "seq_len": middle}).total_bytes <= target
+        fits = estimate(config, MemorySettings(**{**settings, "seq_len": middle})).total_bytes <= target
         low, high = (middle, high) if fits else (low, middle)
     return low * settings["batch"]
 
@@ -160,7 +161,7 @@ def print_anchors(as_json: bool = False) -> None:
         print(f"  why they differ: {row['why_they_differ']}\n")
     print("Our estimates for the bundle's defaults (batch 4 x 1024, rank 16, dropout 0.05, checkpointing, adamw):")
     for name in ("mistral-7b", "llama2-7b", "falcon-7b"):
-        parts = estimate(load_model_config(name), "qlora", 4, 1024, 4, 16).breakdown
+        parts = estimate(load_model_config(name), MemorySettings()).breakdown
         print(f"  {name:<11} {sum(parts.values()) / GIB:6.2f} GiB  "
               f"(weights {parts['weights'] / GIB:.2f}, transient {parts['peak_transient'] / GIB:.2f})")
 
@@ -196,8 +197,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise ValueError("give a model: a config.json, a model folder, a shipped name (mistral-7b) or a hub id")
     bits = args.bits or (4 if args.method == "qlora" else 16)
-    result = estimate(load_model_config(args.model), args.method, bits, args.seq_len, args.batch, args.rank,
-                      args.gradient_checkpointing, args.optimizer, args.device, args.lora_dropout, args.double_quant,
-                      args.compute_dtype, args.embeddings, args.loss, args.trained_share)
+    settings = MemorySettings(
+        method=args.method, bits=bits, seq_len=args.seq_len, batch=args.batch, rank=args.rank,
+        gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, device=args.device,
+        lora_dropout=args.lora_dropout, double_quant=args.double_quant, compute=args.compute_dtype,
+        embeddings=args.embeddings, loss=args.loss, trained_share=args.trained_share)
+    result = estimate(load_model_config(args.model), settings)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render_table(result))
     return 0

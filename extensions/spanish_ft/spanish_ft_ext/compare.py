@@ -3,7 +3,7 @@
 `run_comparison` is the orchestration only: it switches adapters and generates through the
 callables it is given, times each answer, and always restores the user's adapters at the
 end (try/finally), even when a variant fails. The webui plugs in its own adapter loading
-and generation (sft_webui.py); the tests plug in PEFT and a tiny model. No webui needed:
+and generation (webui.py); the tests plug in PEFT and a tiny model. No webui needed:
 
     variants = comparison_variants("llama2", infos)
     results = run_comparison("¿Qué es la Constitución?", variants, set_adapters, generate, restore)
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sft_adapters import AdapterInfo
+from .adapters import AdapterInfo
 
 TASK_ORDER = ("instrucciones", "leyes-ec", "fusionado")
 BASE_LABEL = "modelo base (sin adaptadores)"

@@ -10,7 +10,7 @@ everything the panel does not ask), so the panel and the CLI agree to the byte. 
 
 from __future__ import annotations
 
-from training.memory.estimate import GIB, Estimate, estimate
+from training.memory.estimate import GIB, Estimate, MemorySettings, estimate
 
 # (label, method, bits): the scenarios of the table, in the CLI's names.
 SCENARIOS = (
@@ -38,7 +38,8 @@ PART_LABELS = {
 def memory_rows(config: dict, seq_len: int, batch: int, rank: int,
                 gradient_checkpointing: bool = True) -> list[tuple[str, Estimate]]:
     """(label, estimate) for every scenario; ValueError names a bad setting (from training.memory)."""
-    return [(label, estimate(config, method, bits, seq_len, batch, rank, gradient_checkpointing))
+    return [(label, estimate(config, MemorySettings(method=method, bits=bits, seq_len=seq_len, batch=batch, rank=rank,
+                                                    gradient_checkpointing=gradient_checkpointing)))
             for label, method, bits in SCENARIOS]
 
 

@@ -1,9 +1,10 @@
-"""The "Comparar" tab's handler: run the comparison in the webui and show it side by side.
+"""The "Comparar" tab: one question, answered side by side by the base model and each adapter of its family.
 
 Every variant (base model, then each bundle adapter of the loaded model's family) answers
 with the same instruction template (the family's), the same preset and the same seed,
 through the webui's own prompt builder and generate_reply; the user's adapters are
 restored afterwards. The answers are shown as columns and exported as a Markdown file.
+The orchestration is compare.py's; this file holds the tab's widgets and its handler.
 """
 
 from __future__ import annotations
@@ -14,12 +15,33 @@ import time
 from pathlib import Path
 
 import gradio as gr
-import sft_webui as webui
-from sft_adapters import model_family
-from sft_compare import comparison_markdown, comparison_variants, run_comparison
-from sft_profile import INSTRUCT_MODE, Profile
 
 from training.families import FAMILIES
+
+from . import webui
+from .adapters import model_family
+from .compare import comparison_markdown, comparison_variants, run_comparison
+from .profile import INSTRUCT_MODE, Profile
+
+
+def build_compare_tab(params: dict) -> None:
+    gr.Markdown("Una pregunta, respondida por el modelo base (sin adaptadores) y por cada adaptador de spanish_ft "
+                "de su familia, con la misma plantilla, el mismo preset y la misma semilla. Al terminar se "
+                "restauran tus adaptadores.")
+    question = gr.Textbox(label="Pregunta", lines=3,
+                          placeholder="¿Qué derechos reconoce a la naturaleza la Constitución del Ecuador?")
+    with gr.Row():
+        preset = gr.Textbox(label="Preset (vacío: el de la familia)", value="")
+        seed = gr.Number(label="Semilla", value=params["compare_seed"], precision=0)
+        max_new_tokens = gr.Slider(1, 1024, value=params["compare_max_new_tokens"], step=1, label="max_new_tokens",
+                                   elem_id="sft-compare-tokens")
+        greedy = gr.Checkbox(label="Greedy (sin muestreo)", value=params["compare_greedy"])
+    run = gr.Button("Comparar", variant="primary", interactive=not webui.multi_user())
+    answers = gr.HTML(elem_id="sft-compare-answers")
+    export = gr.File(label="Comparación en Markdown", interactive=False)
+    state = webui.component("interface_state")
+    run.click(webui.gather_state, webui.input_components(), state).then(
+        compare_click, [question, state, preset, seed, max_new_tokens, greedy], [answers, export])
 
 
 def comparison_html(results) -> str:
@@ -46,14 +68,14 @@ def comparison_settings(family: str, preset: str, seed: int, max_new_tokens: int
     settings.update(seed=seed, max_new_tokens=int(max_new_tokens), auto_max_new_tokens=False, mode=INSTRUCT_MODE)
     if greedy:
         settings["do_sample"] = False
-    described = {"modelo": webui.shared.model_name, "plantilla": template, "preset": preset, "semilla": seed,
+    described = {"modelo": webui.model_name(), "plantilla": template, "preset": preset, "semilla": seed,
                  "max_new_tokens": int(max_new_tokens),
                  "muestreo": "greedy" if greedy else "do_sample con semilla fija"}
     return settings, described
 
 
 def compare_click(question, state, preset, seed, max_new_tokens, greedy):
-    """"Comparar": outputs (side-by-side HTML, Markdown export file)."""
+    """"Comparar": (side-by-side HTML for `answers`, Markdown file for `export`); gr.Error when it cannot run."""
     blocker = webui.comparison_blocker()
     family = model_family(webui.loaded_model_config() or {})
     if not blocker and family is None:
@@ -62,7 +84,7 @@ def compare_click(question, state, preset, seed, max_new_tokens, greedy):
         webui.logger.warning(f"spanish_ft: {blocker}")
         raise gr.Error(blocker)
     variants = comparison_variants(family, webui.adapter_infos())
-    original = tuple(webui.shared.lora_names)
+    original = webui.lora_names()
     try:
         settings, described = comparison_settings(family, (preset or "").strip(), seed, max_new_tokens, greedy)
         results = run_comparison(question, variants, webui.set_active_adapters,

@@ -9,10 +9,10 @@ use it); the per-generation check only warns and never changes the state.
 
 from __future__ import annotations
 
-import sft_webui as webui
-from sft_adapters import check_base_model
-from sft_guard import decide_guard
-from sft_profile import INSTRUCT_MODE, profile_summary
+from . import webui
+from .adapters import check_base_model
+from .guard import decide_guard
+from .profile import INSTRUCT_MODE, profile_summary
 
 TEMPLATE_MODES = (INSTRUCT_MODE, "chat-instruct")
 
@@ -35,7 +35,7 @@ def check_at_startup(params: dict) -> None:
         return
     try:
         profile = webui.resolve_active_profile(info)
-        webui.shared.settings.update(webui.profile_settings(profile))
+        webui.update_settings(webui.profile_settings(profile))
     except ValueError as err:
         webui.logger.warning(f"spanish_ft: {err}")
         return
@@ -53,7 +53,7 @@ def check_before_generation(state: dict) -> None:
     config = webui.loaded_model_config()
     if info is None:
         return
-    for problem in check_base_model(info, config, webui.shared.model_name) if config else []:
+    for problem in check_base_model(info, config, webui.model_name()) if config else []:
         webui.logger.warning(f"spanish_ft: {problem}")
     if state.get("mode") in TEMPLATE_MODES and info.template:
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_adapters import AdapterInfo
+from .adapters import AdapterInfo
 
 FUSED_TASK = "fusionado"
 NO_ADAPTER = "None"  # the LoRA menu's empty choice
@@ -97,7 +97,12 @@ def decide_guard(selected_names, adapter_infos: dict[str, AdapterInfo], allow_wr
 
 
 def fuse_selection(lora_dir: Path, names: tuple[str, ...]):
-    """Fuse the adapters `names` of lora_dir exactly (rank-concatenation) into lora_dir/fusion-<a>+<b>."""
+    """Fuse the adapters `names` of lora_dir exactly (rank-concatenation) into lora_dir/fusion-<a>+<b>.
+
+    An earlier fusion of the same names (ours: it has a training record) is replaced; any other
+    folder of that name is refused by the output rule (training/files.py).
+    """
     from training.adapters.fuse import fuse_adapters
 
-    return fuse_adapters([lora_dir / name for name in names], lora_dir / fusion_name(names), weights=None, method="cat")
+    return fuse_adapters([lora_dir / name for name in names], lora_dir / fusion_name(names), weights=None,
+                         method="cat", replace=True)

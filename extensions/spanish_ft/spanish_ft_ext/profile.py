@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_adapters import AdapterInfo
+from .adapters import AdapterInfo
 
 INSTRUCT_MODE = "instruct"
 # (Spanish label, folder under the webui's user data) of the files a profile names

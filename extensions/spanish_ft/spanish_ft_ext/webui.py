@@ -1,9 +1,11 @@
 """The running webui as the extension sees it: its adapters, loaded model, controls and generation.
 
-Everything that touches webui state lives here, so the other sft_* modules stay testable
-without a webui. Only `modules.shared` is imported up front; the other webui modules are
-imported inside the functions that use them, so the UI can be built with nothing but
-`modules.shared` (and its components) present, which the UI-construction test relies on.
+The only module of the extension that reads the webui's modules (`modules.shared`,
+`modules.LoRA`, `modules.utils`, ...) and writes to its logger: the logic modules stay
+testable without a webui, and the tabs ask this module for what they show. Only
+`modules.shared` is imported up front; the other webui modules are imported inside the
+functions that use them, so the UI can be built with nothing but `modules.shared` (and its
+components) present, which the UI-construction test relies on.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import time
 from pathlib import Path
 
 from modules import shared
-from sft_adapters import SHAPE_KEYS, AdapterInfo, scan_adapters
-from sft_profile import (
+
+from .adapters import SHAPE_KEYS, AdapterInfo, scan_adapters
+from .profile import (
     INSTRUCT_MODE,
     PRESET,
     TEMPLATE,
@@ -36,6 +39,45 @@ NO_COMPARISON_LOADERS = ("LlamaServer", "Exllamav3Model", "TensorRTLLMModel")
 def webui_module(name: str):
     """A webui module (modules.<name>), imported when first needed."""
     return importlib.import_module(f"modules.{name}")
+
+
+def model_name() -> str:
+    return shared.model_name
+
+
+def multi_user() -> bool:
+    """--multi-user: the extension then neither switches adapters nor writes files."""
+    return bool(shared.args.multi_user)
+
+
+def component(name: str):
+    """One of the webui's own gradio components (shared.gradio), e.g. "lora_menu"."""
+    return shared.gradio[name]
+
+
+def input_components() -> list:
+    """The webui's input components, in the order its interface state is gathered from."""
+    return [shared.gradio[name] for name in shared.input_elements]
+
+
+def lora_names() -> tuple[str, ...]:
+    """The adapters the webui lists as applied (its own record, without the model check of active_adapters)."""
+    return tuple(shared.lora_names)
+
+
+def models_dir() -> Path:
+    return Path(shared.args.model_dir)
+
+
+def loaded_model_full_config() -> dict | None:
+    """The loaded model's whole config as a dict, or None when no model is loaded."""
+    config = getattr(shared.model, "config", None)
+    return None if config is None else config.to_dict()
+
+
+def update_settings(values: dict) -> None:
+    """Change the webui's settings (the values its controls start with, and the API's defaults)."""
+    shared.settings.update(values)
 
 
 def webui_paths() -> WebuiPaths:
@@ -130,7 +172,7 @@ def set_active_adapters(names: tuple[str, ...]) -> None:
     from modules.LoRA import add_lora_to_model
     from peft import PeftModel
 
-    if active_adapters() == tuple(names) and tuple(shared.lora_names) == tuple(names):
+    if active_adapters() == tuple(names) and lora_names() == tuple(names):
         return
     # the generation lock keeps a chat that is running from seeing its adapters swapped mid-reply
     with shared.generation_lock or contextlib.nullcontext():
