@@ -46,14 +46,14 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from training.config import load_config  # noqa: E402
+from training.data.batches import choose_batching  # noqa: E402
 from training.data.prepare import load_split, prepare_data  # noqa: E402
 from training.data.tokens import IGNORE_INDEX  # noqa: E402
 from training.evaluate.generate import answer_loss  # noqa: E402
 from training.model.load import add_lora, load_base_model, load_tokenizer  # noqa: E402
-from training.data.batches import choose_batching  # noqa: E402
 from training.templates import load_template  # noqa: E402
 
-DATA = ROOT / "training" / "data" / "instrucciones-es"
+DATA = ROOT / "training" / "datasets" / "instrucciones-es"
 TEMPLATE = ROOT / "instruction-templates" / "spanish_ft-Llama-2-chat.yaml"
 VOCAB, HIDDEN, LAYERS, INTERMEDIATE, HEADS = 4096, 384, 8, 1024, 6
 ARMS = ("baseline", "ours", "ours-packed")

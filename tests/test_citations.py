@@ -1,4 +1,4 @@
-"""training.citations: which article of which norm a Spanish answer cites."""
+"""training.datasets.citations: which article of which norm a Spanish answer cites."""
 
 import pytest
 

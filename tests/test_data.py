@@ -12,10 +12,10 @@ import pytest
 from tiny import build_tokenizer
 
 from training.config import DataSettings
-from training.data.prepare import load_split, prepare_data
 from training.data.conversations import to_conversation
-from training.data.tokens import IGNORE_INDEX
+from training.data.prepare import load_split, prepare_data
 from training.data.read import DataError, RowError
+from training.data.tokens import IGNORE_INDEX
 from training.templates import load_template
 
 ROWS = [

@@ -1,4 +1,4 @@
-"""training.validate_data: the shipped datasets pass, and each kind of mistake is caught."""
+"""training.datasets.validate: the shipped datasets pass, and each kind of mistake is caught."""
 
 import json
 import subprocess

@@ -5,15 +5,26 @@ demo recipes, exact fusion, evaluation report, side-by-side answers, install int
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from training.adapters.record import TrainingRecord, read_record
 from training.demo.run import DemoSettings, run_demo
-from training.demo.webui import make_webui_skeleton
 
 TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
             "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
+
+
+def make_webui_skeleton(path: Path) -> Path:
+    """The files by which install.py recognises a webui (2025 layout), nothing else."""
+    (path / "modules").mkdir(parents=True, exist_ok=True)
+    for sub in ("instruction-templates", "presets", "loras", "models", "extensions"):
+        (path / "user_data" / sub).mkdir(parents=True, exist_ok=True)
+    server = path / "server.py"
+    if not server.exists():
+        server.write_text("# stand-in for text-generation-webui's server.py (spanish_ft demo)\n", encoding="utf-8")
+    return path
 
 
 @pytest.mark.slow
@@ -63,9 +74,9 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
 
 
 def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
-    from training.files import sha256_file
     from training.config import load_config
     from training.demo.run import BUNDLE, RECIPES, stale_reason
+    from training.files import sha256_file
 
     def config(*overrides):
         return load_config(BUNDLE / RECIPES["leyes-ec"], ["base_model=m", "output_dir=o", *overrides])
@@ -97,3 +108,23 @@ def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset()
     preset = yaml.safe_load((BUNDLE / "presets" / "spanish_ft-ChatML.yaml").read_text(encoding="utf-8"))
     assert penalty == preset["repetition_penalty"]
     assert preset_repetition_penalty(BUNDLE / "training") == (None, None)  # no record: plain greedy
+
+
+def test_a_demo_folder_of_an_earlier_version_is_adopted_and_a_foreign_one_is_not(tmp_path):
+    from training.demo.run import adopt_earlier_demo_folder
+    from training.files import is_ours
+
+    earlier = tmp_path / "demo-output"
+    (earlier / "models" / "smollm2-135m").mkdir(parents=True)
+    (earlier / "models" / "smollm2-135m" / "spanish_ft_demo_model.json").write_text("{}", encoding="utf-8")
+    (earlier / "report").mkdir()
+    (earlier / "report" / "report.json").write_text('{"inputs_sha256": "x"}', encoding="utf-8")
+    adopt_earlier_demo_folder(earlier)
+    assert is_ours(earlier) and is_ours(earlier / "report")
+
+    foreign = tmp_path / "thesis"
+    (foreign / "models" / "smollm2-135m").mkdir(parents=True)
+    (foreign / "models" / "smollm2-135m" / "spanish_ft_demo_model.json").write_text("{}", encoding="utf-8")
+    (foreign / "chapter1.tex").write_text("mine", encoding="utf-8")
+    adopt_earlier_demo_folder(foreign)
+    assert not is_ours(foreign) and sorted(p.name for p in foreign.iterdir()) == ["chapter1.tex", "models"]

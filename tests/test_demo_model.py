@@ -9,7 +9,6 @@ import time
 import pytest
 
 from training.demo import model as demo_model
-from training.files import sha256_file
 from training.demo.model import (
     EOS_TOKEN,
     FORMAT_VERSION,
@@ -20,6 +19,7 @@ from training.demo.model import (
     find_gguf,
     is_complete,
 )
+from training.files import OutputError, sha256_file
 
 CHATML = "instruction-templates/spanish_ft-ChatML.yaml"
 
@@ -49,7 +49,7 @@ def test_a_folder_of_something_else_is_never_replaced(tmp_path):
     other = tmp_path / "my-model"
     other.mkdir()
     (other / "weights.bin").write_text("mine")
-    with pytest.raises(DemoModelError, match="not a demo model folder"):
+    with pytest.raises(OutputError, match="my-model exists and holds files spanish_ft did not make"):
         fetch_demo_model(other, install=False)
     assert (other / "weights.bin").read_text() == "mine"
 

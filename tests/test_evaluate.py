@@ -14,8 +14,8 @@ from training.adapters.record import RECORD_NAME
 from training.data.tokens import webui_encode
 from training.evaluate.compare import adapter_template, evaluate
 from training.evaluate.generate import active_variant, answer_loss, generate_answers
-from training.model.load import choose_pad_token
 from training.evaluate.report import write_report
+from training.model.load import choose_pad_token
 from training.templates import load_template
 
 TEMPLATE = "instruction-templates/spanish_ft-Llama-2-chat.yaml"

@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from training.__main__ import main
-from training.families import FAMILIES
 from training.adapters.fuse import fuse_adapters
+from training.families import FAMILIES
 
 FAMILY_NAMES = tuple(FAMILIES)
 

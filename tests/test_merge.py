@@ -12,8 +12,8 @@ from test_fuse import load_base, logits_of, make_adapter, relative_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.__main__ import main
-from training.families import FAMILIES
 from training.adapters.merge import MergeSettings, check_memory, merge_to_model
+from training.families import FAMILIES
 
 
 @pytest.fixture(scope="module")

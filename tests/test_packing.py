@@ -12,12 +12,12 @@ import json
 import pytest
 import torch
 
+from training.data.batches import PackedCollator, choose_batching
 from training.data.conversations import encode_row
 from training.data.tokens import IGNORE_INDEX, Encoded, PadCollator
-from training.families import FAMILIES
 from training.evaluate.generate import answer_loss
+from training.families import FAMILIES
 from training.model.load import load_tokenizer
-from training.data.batches import PackedCollator, choose_batching
 from training.templates import load_template
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

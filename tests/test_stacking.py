@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 from test_train import Capture, make_config
 
+from training.adapters.fuse import fuse_adapters
 from training.adapters.record import read_record
 from training.config import ConfigError
-from training.adapters.fuse import fuse_adapters
 from training.model.load import load_base_model
 from training.model.stacking import stack_frozen_adapter
 from training.train import train

@@ -17,9 +17,9 @@ from transformers import TrainerCallback
 
 from training.adapters.folder import read_adapter_config
 from training.adapters.record import read_record
-from training.files import sha256_file
 from training.config import load_config
 from training.families import FAMILIES
+from training.files import sha256_file
 from training.model.load import load_base_model
 from training.templates import load_template
 from training.train import checkpoint_to_resume, train

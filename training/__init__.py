@@ -1,4 +1,21 @@
-"""spanish_ft training: QLoRA recipes, adapter fusion and merging, evaluation.
+"""spanish_ft training: QLoRA recipes, adapter fusion and merging, evaluation. `python -m training --help`.
 
-Run `python -m training --help` for the commands.
+The map, bottom layer first (an import never runs up this list; tests/test_layers.py checks it):
+    files.py       the bundle root, the output rule (check_output), atomic writes, locks, sha256
+    safeyaml.py    YAML from users with anchors and aliases refused; error values shortened
+    families.py    the three model families: architecture, LoRA targets, template, preset
+    templates.py   the webui-identical prompt renderer (+ the `render` command)
+    config.py      recipe YAML -> overrides -> schema.json -> frozen settings, paths resolved once
+    data/          rows read -> conversations -> token ids with answer-only labels -> batches -> prepared splits
+    adapters/      adapter folders: PEFT files, the training record (record.py: its one home), card,
+                   factors, what fuses exactly, fuse, merge
+    memory/        the memory estimator (torch-free) with its settings dataclass, report + CLI, configs/
+    datasets/      the shipped Spanish datasets, citations, validation, article-question derivation
+    model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter
+    trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, the folders a run
+                   claims (locked) and leaves
+    evaluate/      base vs adapters on held-out data: compare, generate, report
+    train.py       THE recipe, top to bottom: config -> template -> data -> model -> trainer -> folder
+    demo/          the CPU demo: demo model, adapters, evaluation, side by side, webui install
+    __main__.py    one command table; each command's module is imported only when it runs
 """

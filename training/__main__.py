@@ -3,12 +3,17 @@
 Each command lives in the module named after what it does; that module exposes
 `add_arguments(parser)` and `run(args) -> int`. Only the module of the command that runs is
 imported, so `render`, `memory` and `validate-data` work without torch installed.
+
+Exit codes: 0 done, 1 refused or failed (the message says what, where and how to fix it),
+2 usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An interrupted command leaves
+nothing half-written; `train` saves a checkpoint first (training/trainer/interrupt.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # command -> (module, one-line help)
@@ -46,19 +51,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser(command if command in COMMANDS else None).parse_args(argv)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that cleanup (temporary folders, locks) runs."""
+
+    exit_code = 128 + signal.SIGTERM.value
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         build_parser(None).print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.module.run(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # refusals, bad input, files it cannot read or write
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, or training's checkpoint-then-stop
+        print(f"interrupted: {str(err) or 'nothing half-written was left behind'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

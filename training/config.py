@@ -6,7 +6,8 @@ come from the schema; the family-dependent ones (template, preset, LoRA targets)
 `training/families.py`. Files are not required to exist here: data and template paths are
 checked when training starts; template and
 `lora.stack_on` are resolved here once (`template_path`, `lora.stack_on_path`): as given, else
-under the bundle root.
+under the bundle root. YAML is read by training/safeyaml.py (anchors and aliases refused), and a
+value quoted in an error message is shortened (`shown`).
 
     config = load_config("training/recipes/mistral-instrucciones.yaml", ["lora.rank=8"])
     config.lora.rank  # 8
@@ -25,16 +26,18 @@ from jsonschema import Draft202012Validator
 
 from training.families import FAMILIES
 from training.files import BUNDLE_ROOT, find_bundle_file
+from training.safeyaml import load_yaml, shorten, shown
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
+SHOWN_ERROR_CHARS = 1000  # each error line is cut to about this length (a key path, a list of allowed keys)
 
 
 class ConfigError(ValueError):
     """A recipe with mistakes; `errors` lists each one with its key path."""
 
     def __init__(self, source: str, errors: list[str]):
-        self.errors = errors
-        listing = "\n".join(f"  - {error}" for error in errors)
+        self.errors = [shorten(error, SHOWN_ERROR_CHARS) for error in errors]
+        listing = "\n".join(f"  - {error}" for error in self.errors)
         super().__init__(f"{source}: {len(errors)} error(s) in the recipe:\n{listing}")
 
 
@@ -156,11 +159,13 @@ def read_recipe(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: recipe not found (recipes ship in {BUNDLE_ROOT / 'training' / 'recipes'})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(str(path), [f"not a valid UTF-8 YAML file: {err}"]) from err
     if not isinstance(data, dict):
-        raise ConfigError(str(path), ["the recipe must be a YAML mapping of keys (base_model, family, dataset, ...)"])
+        found = "empty" if data is None else f"a YAML {type(data).__name__}"
+        raise ConfigError(str(path), [f"the recipe is {found}; it must be a YAML mapping of keys "
+                                      "(base_model, family, dataset, ...)"])
     return data
 
 
@@ -170,16 +175,17 @@ def apply_overrides(recipe: dict, overrides) -> tuple[dict, list[str]]:
     for text in overrides:
         key, sep, raw = text.partition("=")
         if not sep or not key:
-            errors.append(f"override {text!r}: expected KEY.PATH=VALUE, e.g. lora.rank=8")
+            errors.append(f"override {shown(text)}: expected KEY.PATH=VALUE, e.g. lora.rank=8")
             continue
         problem = _unknown_key(key.split("."))
         if problem:
-            errors.append(f"override {text!r}: {problem}")
+            errors.append(f"override {shown(text)}: {problem}")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            errors.append(f"override {text!r}: the value is not valid YAML: {getattr(err, 'problem', None) or err}")
+            why = getattr(err, "problem", None) or err
+            errors.append(f"override {shown(text)}: the value is not valid YAML: {why}")
             continue
         *parents, last = key.split(".")
         target = recipe
@@ -198,7 +204,8 @@ def _unknown_key(parts: list[str]) -> str | None:
         known = node.get("properties", {})
         if part not in known:
             where = f"under {'.'.join(walked)}" if walked else "at the top level"
-            return f"unknown key {'.'.join(walked + [part])!r}; allowed {where}: {', '.join(sorted(known)) or 'none'}"
+            allowed = ", ".join(sorted(known)) or "none"
+            return f"unknown key {shown('.'.join(walked + [part]))}; allowed {where}: {allowed}"
         node, walked = known[part], walked + [part]
     return None
 
@@ -210,15 +217,23 @@ def validate(recipe: dict) -> list[str]:
         path = ".".join(str(part) for part in error.absolute_path)
         if error.validator == "additionalProperties":
             allowed = ", ".join(sorted(error.schema.get("properties", {})))
-            for key in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
-                messages.append(f"{_join(path, key)}: unknown key; allowed here: {allowed}")
+            for key in sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str):
+                messages.append(f"{shorten(_join(path, str(key)))}: unknown key; allowed here: {allowed}")
         elif error.validator == "required":
             for key in error.validator_value:
                 if key not in error.instance:
                     messages.append(f"{_join(path, key)}: required key is missing")
         else:
-            messages.append(f"{path or '(recipe)'}: {error.message}")
+            messages.append(f"{shorten(path) or '(recipe)'}: {_short_message(error)}")
     return sorted(messages)
+
+
+def _short_message(error) -> str:
+    """jsonschema's message with the offending value (its repr opens the message) shortened."""
+    quoted = repr(error.instance)
+    if error.message.startswith(quoted):
+        return shorten(quoted) + error.message[len(quoted):]
+    return error.message
 
 
 def _join(path: str, key: str) -> str:

@@ -31,7 +31,7 @@ class Family:
     linear_subclasses: tuple[str, ...] = ()
     # every supported transformers builds this architecture's attention mask from restarting position ids, so
     # conversations packed into one row stay apart (training/data/batches.py; checked by tests/test_packing.py);
-    # where False, training.packing.positions_separate_conversations measures the installed version.
+    # where False, training.data.batches.positions_separate_conversations measures the installed version.
     packs_by_position_ids: bool = False
 
 

@@ -26,6 +26,8 @@ from jinja2.exceptions import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from training.safeyaml import load_yaml, shown
+
 ROLES = ("system", "user", "assistant")
 
 # What the webui passes to an instruction template besides `messages`
@@ -142,13 +144,13 @@ class InstructionTemplate:
 
 
 def load_template(path: str | Path) -> InstructionTemplate:
-    """Load a webui instruction template YAML; errors name the file and what is wrong."""
+    """Load a webui instruction template YAML (anchors and aliases refused); errors name the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise TemplateFileError(f"{path}: instruction template not found")
     raw = path.read_bytes()
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        data = load_yaml(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise TemplateFileError(f"{path}: not UTF-8 text ({err})") from err
     except yaml.YAMLError as err:
@@ -173,7 +175,7 @@ def normalize_messages(messages: list[dict], where: str = "conversation") -> lis
             raise TemplateFileError(f"{where}: message {i} must be an object with a string 'content'")
         role = message.get("role")
         if role not in ROLES:
-            raise TemplateFileError(f"{where}: message {i} has role {role!r}; allowed: {', '.join(ROLES)}")
+            raise TemplateFileError(f"{where}: message {i} has role {shown(role)}; allowed: {', '.join(ROLES)}")
         content = message["content"] if role == "system" else message["content"].strip()
         clean.append({"role": role, "content": content})
     return clean

@@ -1,13 +1,15 @@
-"""`python -m training train RECIPE.yaml [key.path=value ...]`: one LoRA adapter from a recipe.
+"""`python -m training train [--replace] RECIPE.yaml [key.path=value ...]`: one LoRA adapter from a recipe.
 
-Reads top to bottom as the data flow: recipe -> instruction template -> tokenizer and
-tokenised rows (loss on the answers only) -> 4-bit base model -> LoRA -> TRL's SFTTrainer
--> adapter folder (written atomically with its training record, model card and loss
-curve). Checkpoints and TensorBoard logs live in the work folder (`<output_dir>.work` by
-default), so `resume=true` continues an interrupted run. Under `accelerate launch` the same
-command trains with DDP on several GPUs.
+Reads top to bottom as the data flow: output folders claimed -> recipe -> instruction template
+-> tokenizer and tokenised rows (loss on the answers only) -> 4-bit base model -> LoRA -> TRL's
+SFTTrainer -> adapter folder (written atomically with its training record and model card; the
+loss curve after it, best effort). Before anything loads, the adapter folder must be new or an
+adapter of ours with --replace, and the work folder (`<output_dir>.work` by default: checkpoints,
+TensorBoard logs) is locked against a second run. Ctrl-C or SIGTERM saves a checkpoint at the
+current step and exits 130 or 143, so `resume=true` continues from there. Under
+`accelerate launch` the same command trains with DDP on several GPUs.
 
-From Python: `train(load_config(path, overrides)) -> Path` of the adapter folder.
+From Python: `train(load_config(path, overrides), replace=False) -> Path` of the adapter folder.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ from training.model.load import add_lora, compute_dtype, load_base_model, load_t
 from training.model.stacking import stack_frozen_adapter
 from training.templates import load_template
 from training.trainer.build import build_trainer, checkpoint_to_resume
-from training.trainer.save import save_adapter
+from training.trainer.interrupt import CheckpointOnSignal
+from training.trainer.save import claim_folders, save_adapter
 
 EXAMPLE = """example:
   python -m training train training/recipes/mistral-instrucciones.yaml \\
       dataset.train=data/mine.jsonl lora.rank=8 training.max_steps=200 resume=true
+
+Ctrl-C (or SIGTERM) saves a checkpoint at the current step and exits 130 (143); add resume=true
+to continue. --replace goes before the recipe or after the overrides.
 
 overrides: KEY.PATH=VALUE after the recipe; values are YAML (8 -> int, true -> bool, null,
 [q_proj, v_proj] -> list). Unknown keys are errors. Recipe keys:
@@ -44,18 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLE + "\n".join(describe_keys())
     parser.add_argument("recipe", help="recipe YAML, e.g. training/recipes/mistral-instrucciones.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change recipe keys (see below)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace output_dir if it holds an adapter made by spanish_ft (never anything else)")
 
 
 def run(args) -> int:
     config = load_config(args.recipe, args.overrides)
-    output = train(config)
+    output = train(config, replace=args.replace)
     _say(f"adapter written to {output}")
     return 0
 
 
-def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
-    """Train one adapter as the recipe says; return its folder. `callbacks` go to the trainer."""
+def train(config: RunConfig, callbacks: Sequence = (), replace: bool = False) -> Path:
+    """Train one adapter as the recipe says; return its folder. `callbacks` go to the trainer.
+
+    `replace`: output_dir may hold an adapter made by spanish_ft, which is replaced (--replace).
+    """
+    with claim_folders(config, replace):  # before anything loads: the output, the work folder, its lock
+        return _train(config, callbacks, replace)
+
+
+def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
     started = time.time()
+    checkpoint = checkpoint_to_resume(config)
     template = load_template(config.template_path)
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config.data, tokenizer, template, config.training.seed)
@@ -68,7 +85,6 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
         + f", {data.record['rows_eval']} eval rows, "
         + f"{data.record['answer_tokens']} answer tokens of {data.record['tokens']}"
     )
-    checkpoint = checkpoint_to_resume(config)
     device = training_device()
     set_seed(config.training.seed)  # before LoRA init, so a seed gives the same adapter
     model = load_base_model(config.model, config.quantization, config.training.gradient_checkpointing, device)
@@ -81,15 +97,21 @@ def train(config: RunConfig, callbacks: Sequence = ()) -> Path:
     dtype = compute_dtype(config.quantization.compute_dtype, device)
     batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id, device.type)
     _say(batching.note)
-    trainer = build_trainer(config, model, tokenizer, data, device, dtype, callbacks, batching)
+    stop = CheckpointOnSignal()
+    trainer = build_trainer(config, model, tokenizer, data, device, dtype, [*callbacks, stop], batching)
     _say(f"training on {device} ({dtype}); checkpoints and logs in {config.work_dir}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stop.restore()
+    if interrupted := stop.outcome(trainer.state, config.work_dir, config.source):
+        raise interrupted
     metrics = final_metrics(trainer, data, started) | {
         "resumed_from": checkpoint and Path(checkpoint).name,
         "packed": batching.packed,
     }
     record = trained_record(config, template, data.record, metrics, trainer.model.config, stacked_on)
-    return save_adapter(trainer, config, record)
+    return save_adapter(trainer, config, record, replace)
 
 
 def final_metrics(trainer, data, started: float) -> dict:

@@ -10,7 +10,9 @@ Both work on the safetensors files alone, with no base model in memory. What can
 exactly (DoRA, biases, saved modules, PiSSA-style inits, different bases or templates, ...) is
 refused with the folder and the field named. The output folder holds adapter_config.json,
 adapter_model.safetensors, a training record (`kind: "fused"`) and a model card; it loads as
-ONE adapter with `PeftModel.from_pretrained` (PEFT 0.18 to 0.21 checked).
+ONE adapter with `PeftModel.from_pretrained` (PEFT 0.18 to 0.21 checked). `--out` must be new,
+or an adapter made by spanish_ft with `--replace` (training/files.py: check_output), checked
+before any source is read; the folder is written whole, atomically.
 The webui extension calls `fuse_adapters`, which imports only torch and safetensors.
 """
 
@@ -32,7 +34,7 @@ from training.adapters.folder import (
 )
 from training.adapters.fusable import check_fusable_config, check_same, fused_adapter_config
 from training.adapters.record import RECORD_NAME, TrainingRecord, fused_record, read_record, write_record
-from training.files import atomic_output_dir, sha256_file, write_json_atomic
+from training.files import atomic_output_dir, check_output, sha256_file, write_json_atomic
 from training.templates import load_template
 
 METHODS = ("cat", "svd")
@@ -163,7 +165,7 @@ def build_record(sources, weights, name, method, rank, errors, overall, template
                         errors, overall, template, base)
 
 
-def _check_request(adapter_dirs, out_dir, weights, method, rank) -> list[float]:
+def _check_request(adapter_dirs, out_dir, weights, method, rank, replace, template) -> list[float]:
     if not adapter_dirs:
         raise ValueError("give at least one adapter folder to fuse")
     if method not in METHODS:
@@ -175,8 +177,8 @@ def _check_request(adapter_dirs, out_dir, weights, method, rank) -> list[float]:
     weights = [1.0] * len(adapter_dirs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(adapter_dirs) or not all(math.isfinite(w) for w in weights):
         raise ValueError(f"--weights: give one finite number per adapter ({len(adapter_dirs)}), got {weights}")
-    if any(Path(out_dir).resolve() == Path(d).resolve() for d in adapter_dirs):
-        raise ValueError(f"--out {out_dir} is one of the source adapters; choose a new folder")
+    inputs = [*adapter_dirs, *([template] if template else [])]
+    check_output(out_dir, replace=replace, marker=RECORD_NAME, what="adapter folder", inputs=inputs)
     return weights
 
 
@@ -189,9 +191,13 @@ def fuse_adapters(
     template: Path | None = None,
     name: str | None = None,
     allow_pickle: bool = False,
+    replace: bool = False,
 ) -> FuseResult:
-    """Fuse the adapters in `adapter_dirs` into one adapter folder `out_dir` (replaced atomically)."""
-    weights = _check_request(adapter_dirs, out_dir, weights, method, rank)
+    """Fuse the adapters in `adapter_dirs` into one new adapter folder `out_dir`, written atomically.
+
+    `replace`: `out_dir` may hold an adapter made by spanish_ft, which is replaced (--replace).
+    """
+    weights = _check_request(adapter_dirs, out_dir, weights, method, rank, replace, template)
     sources = [load_source(Path(d), allow_pickle) for d in adapter_dirs]
     check_sources_agree(sources)
     template_info = resolve_template(sources, template)
@@ -203,7 +209,7 @@ def fuse_adapters(
     )
     from safetensors.torch import save_file
 
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir, replace=replace, marker=RECORD_NAME, what="adapter folder") as tmp:
         save_file(tensors, str(tmp / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
         write_json_atomic(tmp / CONFIG_NAME, config)
         write_record(tmp, record)
@@ -213,7 +219,9 @@ def fuse_adapters(
 
 def add_arguments(parser) -> None:
     parser.add_argument("adapters", nargs="+", type=Path, metavar="ADAPTER", help="adapter folders to fuse")
-    parser.add_argument("--out", required=True, type=Path, help="output adapter folder (replaced atomically)")
+    parser.add_argument("--out", required=True, type=Path, help="output adapter folder (new, or see --replace)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace --out if it holds an adapter made by spanish_ft (never anything else)")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per adapter (default: all 1.0)")
     parser.add_argument(
         "--method", choices=METHODS, default="cat", help="cat: exact, rank = sum of ranks; svd: lossy, --rank R"
@@ -230,7 +238,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     result = fuse_adapters(
-        args.adapters, args.out, args.weights, args.method, args.rank, args.template, args.name, args.allow_pickle
+        args.adapters, args.out, args.weights, args.method, args.rank, args.template, args.name, args.allow_pickle,
+        args.replace,
     )
     for module, error in sorted(result.module_errors.items(), key=lambda item: -item[1]):
         print(f"  {module}: relative error {error:.3e}")

@@ -9,7 +9,9 @@ weights would be rounded away. `--dequantized-nf4` first replaces every linear w
 QLoRA training quantised (all but the output layer) by its NF4 + double-quant round trip, so
 the merged model computes what the adapter was trained against. The folder (safetensors shards,
 tokenizer, `spanish_ft_record.json` with `kind: "merged"`) loads in the webui as a model and is
-written atomically. The memory needed is reported first; the run stops if RAM is clearly short.
+written atomically. `--out` must be new, or a merged model made by spanish_ft with `--replace`
+(training/files.py: check_output), checked before the base is loaded. The memory needed is
+reported first; the run stops if RAM is clearly short.
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import bitsandbytes.functional as bnbf
+import psutil
+import torch
+from peft import PeftModel
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
 from training.adapters.folder import CONFIG_NAME, adapter_weights_path, read_adapter_config
 from training.adapters.record import RECORD_NAME, TrainingRecord, merged_record, read_record, write_record
-from training.files import atomic_output_dir, sha256_file
+from training.files import atomic_output_dir, check_output, sha256_file
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+MODEL = "merged model folder"
 GIB = 1024**3
 
 
@@ -36,6 +47,7 @@ class MergeSettings:
     allow_pickle: bool = False
     force: bool = False
     max_shard_size: str = "5GB"
+    replace: bool = False  # `out` may hold a model made by spanish_ft, which is replaced
 
 
 def resolve_base(adapter: Path, base: str | None) -> str:
@@ -64,9 +76,6 @@ def refuse_quantized_base(base_config, base: str) -> None:
 
 def memory_needed_bytes(base_config, dtype: str, adapter_bytes: int) -> int:
     """Parameter count of the base (from its config, on the meta device) x bytes per parameter + the adapter."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(base_config)
     return sum(p.numel() for p in model.parameters()) * DTYPE_BYTES[dtype] + adapter_bytes
@@ -82,17 +91,12 @@ def check_memory(needed_bytes: int, available_bytes: int, force: bool) -> None:
 
 def nf4_round_trip_(linear) -> None:
     """Replace a linear weight by its NF4 double-quant round trip (bitsandbytes' Linear4bit defaults)."""
-    import bitsandbytes.functional as bnbf
-
     packed, state = bnbf.quantize_4bit(linear.weight.data, blocksize=64, compress_statistics=True, quant_type="nf4")
     linear.weight.data = bnbf.dequantize_4bit(packed, state).to(linear.weight.dtype)
 
 
 def round_trip_linears_nf4_(model) -> None:
     """NF4 round trip of every linear layer that 4-bit loading quantises (transformers skips the output layer)."""
-    from torch import nn
-    from tqdm import tqdm
-
     output_layer = model.get_output_embeddings()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not output_layer]
     for linear in tqdm(linears, desc="NF4 round trip", unit="module"):
@@ -111,11 +115,8 @@ def merge_record(settings: MergeSettings, base: str) -> TrainingRecord:
 
 def merge_to_model(settings: MergeSettings) -> Path:
     """Write the merged full model folder `settings.out`; returns it."""
-    import psutil
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    inputs = [settings.adapter, *([settings.base] if settings.base and Path(settings.base).exists() else [])]
+    check_output(settings.out, replace=settings.replace, marker=RECORD_NAME, what=MODEL, inputs=inputs)
     weights_file = adapter_weights_path(settings.adapter, settings.allow_pickle)  # refuses pickle unless allowed
     base = resolve_base(settings.adapter, settings.base)
     base_config = AutoConfig.from_pretrained(base)
@@ -134,7 +135,7 @@ def merge_to_model(settings: MergeSettings) -> Path:
     merged = peft_model.merge_and_unload(progressbar=True, safe_merge=True)  # safe_merge: refuse NaN/inf weights
     has_own_tokenizer = (settings.adapter / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(settings.adapter if has_own_tokenizer else base)
-    with atomic_output_dir(settings.out) as tmp:
+    with atomic_output_dir(settings.out, replace=settings.replace, marker=RECORD_NAME, what=MODEL) as tmp:
         merged.save_pretrained(tmp, max_shard_size=settings.max_shard_size)
         tokenizer.save_pretrained(tmp)
         write_record(tmp, merge_record(settings, base))
@@ -143,7 +144,9 @@ def merge_to_model(settings: MergeSettings) -> Path:
 
 def add_arguments(parser) -> None:
     parser.add_argument("adapter", type=Path, help="adapter folder to merge")
-    parser.add_argument("--out", required=True, type=Path, help="output model folder (replaced atomically)")
+    parser.add_argument("--out", required=True, type=Path, help="output model folder (new, or see --replace)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace --out if it holds a model made by spanish_ft (never anything else)")
     parser.add_argument("--base", help="base model folder or hub id (default: from the adapter's record or config)")
     parser.add_argument("--dtype", choices=list(DTYPE_BYTES), default="bfloat16", help="dtype of the merged model")
     parser.add_argument(
@@ -173,6 +176,7 @@ def run(args) -> int:
         args.allow_pickle,
         args.force,
         args.max_shard_size,
+        args.replace,
     )
     print(
         f"merged {settings.adapter} into {merge_to_model(settings)} ({settings.dtype}"

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from training.data.tokens import PadCollator, require_answer_tokens
 from training.families import FAMILIES
@@ -51,8 +52,6 @@ class PackedCollator:
     pad_token_id: int
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
         flatten = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)
         batch = flatten([{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows])
         require_answer_tokens(batch["labels"])

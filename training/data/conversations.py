@@ -6,15 +6,18 @@ Formats (extra fields such as `id`, `category`, `fuente` are ignored):
 - messages: {"messages": [{"role": system|user|assistant, "content"}, ...]}
 - sharegpt: {"conversations": [{"from": human|gpt|system, "value"}, ...]}
 - text:     {"text"}; the whole text is trained.
-Conversations are rendered with the recipe's instruction template (the webui's prompt) and
-every assistant turn is trained.
+A conversation needs a user turn before its first answer (an answer to nothing teaches
+nothing the webui will ask). Conversations are rendered with the recipe's instruction
+template (the webui's prompt) and every assistant turn is trained. Every problem with a row
+is a RowError; the caller adds the file and line.
 """
 
 from __future__ import annotations
 
 from training.data.read import RowError
-from training.data.tokens import Encoded, encode_segments, encode_text
-from training.templates import InstructionTemplate
+from training.data.tokens import BoundaryError, Encoded, encode_segments, encode_text
+from training.safeyaml import shown
+from training.templates import InstructionTemplate, TemplateFileError
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
@@ -50,12 +53,17 @@ def to_conversation(row: object, data_format: str) -> list[dict] | str:
         where = f"{key}[{number}]"
         if not isinstance(turn, dict) or turn.get(role_key) not in roles:
             found = turn.get(role_key) if isinstance(turn, dict) else turn
-            raise RowError(f"{where}.{role_key} is {found!r}; allowed: {', '.join(roles)}")
+            raise RowError(f"{where}.{role_key} is {shown(found)}; allowed: {', '.join(roles)}")
         role = roles[turn[role_key]]
         content = _field(turn, text_key, "answer" if role == "assistant" else "", where=f"{where}.")
         messages.append({"role": role, "content": content})
-    if not any(message["role"] == "assistant" for message in messages):
+    roles_in_order = [message["role"] for message in messages]
+    if "assistant" not in roles_in_order:
         raise RowError(f"'{key}' has no assistant turn to learn from")
+    first_answer = roles_in_order.index("assistant")
+    if "user" not in roles_in_order[:first_answer]:
+        raise RowError(f"{key}[{first_answer + 1}] is an assistant answer with no user turn before it; "
+                       "a conversation starts with the user's message (after an optional system message)")
     return messages
 
 
@@ -71,10 +79,14 @@ def _field(row: dict, key: str, what: str, where: str = "") -> str:
 
 
 def encode_row(row: object, data_format: str, tokenizer, template: InstructionTemplate) -> Encoded:
+    """Token ids with answer-only labels; RowError for a row that cannot be trained as the webui prompts."""
     conversation = to_conversation(row, data_format)
     if isinstance(conversation, str):
         return encode_text(tokenizer, conversation)
-    encoded = encode_segments(tokenizer, template.split(conversation))
+    try:
+        encoded = encode_segments(tokenizer, template.split(conversation))
+    except (BoundaryError, TemplateFileError) as err:  # e.g. a template's raise_exception on this conversation
+        raise RowError(str(err)) from err
     if encoded.trained_tokens == 0:
         raise RowError("no answer token left to learn after masking the prompt")
     return encoded

@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+from datasets import Dataset
+
 from training.config import DataSettings
 from training.data.conversations import encode_row
 from training.data.read import DataError, RowError, read_source
-from training.data.tokens import BoundaryError, Encoded
+from training.data.tokens import Encoded
 
 MAX_LISTED = 20  # bad rows printed in full; the rest are counted
 
@@ -42,7 +44,7 @@ def load_split(source_name: str, settings: DataSettings, tokenizer, template) ->
             if isinstance(row, RowError):
                 raise row
             encoded = encode_row(row, settings.format, tokenizer, template)
-        except (RowError, BoundaryError) as err:
+        except RowError as err:
             report.problems.append(f"{source_name}, {where}: {err}")
             continue
         if len(encoded.input_ids) > settings.max_tokens:
@@ -51,7 +53,8 @@ def load_split(source_name: str, settings: DataSettings, tokenizer, template) ->
         kept.append(encoded)
     report.rows_kept, report.rows_skipped = len(kept), len(report.problems)
     if report.problems and settings.on_error == "raise":
-        raise DataError(_problem_listing(report) + "\nfix these rows, or set dataset.on_error=skip to leave them out")
+        raise DataError(list_problems(source_name, report.problems)
+                        + "\nfix these rows, or set dataset.on_error=skip to leave them out")
     if not kept:
         raise DataError(
             f"{source_name}: no row left to train on: {report.rows_read} read, {report.rows_skipped} bad, "
@@ -60,11 +63,12 @@ def load_split(source_name: str, settings: DataSettings, tokenizer, template) ->
     return kept, report
 
 
-def _problem_listing(report: SplitReport) -> str:
-    shown = report.problems[:MAX_LISTED]
-    more = len(report.problems) - len(shown)
+def list_problems(source: str, problems: list[str]) -> str:
+    """The bad rows of one source, one per line (the first MAX_LISTED; the rest counted)."""
+    shown = problems[:MAX_LISTED]
+    more = len(problems) - len(shown)
     tail = f"\n  ... and {more} more" if more else ""
-    return f"{report.source}: {len(report.problems)} bad row(s):\n" + "\n".join(f"  {p}" for p in shown) + tail
+    return f"{source}: {len(problems)} bad row(s):\n" + "\n".join(f"  {p}" for p in shown) + tail
 
 
 def split_eval(rows: list[Encoded], fraction: float, seed: int) -> tuple[list[Encoded], list[Encoded]]:
@@ -100,8 +104,6 @@ def sample_replay(settings: DataSettings, tokenizer, template, seed: int) -> tup
 
 def as_dataset(rows: list[Encoded]):
     """A datasets.Dataset with the `input_ids` and `labels` columns the trainer reads."""
-    from datasets import Dataset
-
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
 
@@ -143,7 +145,7 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int) -> Prep
         record.update(eval=settings.eval, eval_sha256=eval_report.sha256)
     if replay_record is not None:
         record["replay"] = replay_record
-    notes = [_problem_listing(r) for r in (train_report, eval_report) if r is not None and r.problems]
+    notes = [list_problems(r.source, r.problems) for r in (train_report, eval_report) if r is not None and r.problems]
     notes += [
         f"{r.source}: {r.rows_dropped} row(s) longer than dataset.max_tokens={settings.max_tokens} dropped"
         for r in (train_report, eval_report)

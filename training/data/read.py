@@ -1,10 +1,11 @@
 """Raw training rows from a file, a local dataset folder or a hub dataset, each with its place.
 
 Every row comes with a label saying where it is (`line 17` for JSONL, `row 3 (line 4)` for
-CSV, `row 12` otherwise) so that a bad row can be named. A line that is not UTF-8 or not
-valid JSON becomes a `RowError` in the stream instead of stopping the read, so the caller
-can list every bad row at once or skip them. Problems with the whole file (missing, not a
-JSON array, unreadable) raise `DataError`.
+CSV and JSON arrays, `row 12` otherwise) so that a bad row can be named. A line that is not
+UTF-8 or not valid JSON becomes a `RowError` in the stream instead of stopping the read, so
+the caller can list every bad row at once or skip them. Problems with the whole file
+(missing, empty, not a JSON array, unreadable) raise `DataError` naming it. A UTF-8 byte
+order mark (what Excel and Notepad write) is read as nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.files import BUNDLE_ROOT, find_bundle_file, sha256_file
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_BETWEEN_ELEMENTS = re.compile(r"[\s,]*")
 
 
 class DataError(ValueError):
@@ -39,25 +44,57 @@ def read_source(text: str, split: str = "train") -> Source:
     """All rows of a local file (.jsonl/.json/.csv/.parquet), local dataset folder or hub dataset id."""
     path = find_bundle_file(text)
     if path is not None and path.is_file():
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise DataError(f"{text}: unsupported file type {path.suffix!r}; use one of {', '.join(READERS)}")
-        return Source(text, list(reader(path)), sha256_file(path), "file")
+        return _read_file(path, text)
     if path is None and (Path(text).suffix.lower() in READERS or text.startswith((".", "/", "~"))):
         raise DataError(
             f"{text}: data file not found (looked in {Path.cwd()} and in {BUNDLE_ROOT}); "
             "fix dataset.train / dataset.eval, e.g. dataset.train=path/to/train.jsonl"
         )
-    rows = list(_hub_rows(str(path or text), split))
+    rows = _some(list(_hub_rows(str(path or text), split)), text)
     digest = hashlib.sha256()
     for _, row in rows:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
     return Source(text, rows, digest.hexdigest(), "rows")
 
 
+def _read_file(path: Path, text: str) -> Source:
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{text}: unsupported file type {path.suffix!r}; use one of {', '.join(READERS)}")
+    try:
+        if _is_blank(path):
+            what = "only blank lines" if path.stat().st_size else "0 bytes"
+            raise DataError(f"{text}: the file is empty ({what}); it needs at least one row")
+        rows = list(reader(path))
+        digest = sha256_file(path)
+    except OSError as err:
+        raise DataError(f"{text}: cannot read the file: {err.strerror or err}") from err
+    return Source(text, _some(rows, text), digest, "file")
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether the file holds only whitespace (and perhaps a BOM); reads up to its first other byte."""
+    with open(path, "rb") as handle:
+        chunk = handle.read(1 << 20).removeprefix(UTF8_BOM)
+        while chunk:
+            if chunk.strip():
+                return False
+            chunk = handle.read(1 << 20)
+    return True
+
+
+def _some(rows: list, text: str) -> list:
+    if not rows:
+        raise DataError(f"{text}: no rows (only a header, an empty JSON array or an empty split); "
+                        "it needs at least one row")
+    return rows
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(UTF8_BOM)
             if not raw.strip():
                 continue  # blank lines separate nothing in JSONL; they are not rows
             where = f"line {number}"
@@ -70,31 +107,53 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = raw.decode("utf-8-sig")
+        data = json.loads(text)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); save the file as UTF-8") from err
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (bad byte 0x{raw[err.start]:02x} at offset "
+                        f"{err.start}); save the file as UTF-8") from err
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of row objects, found a {type(data).__name__}")
-    for number, row in enumerate(data, start=1):
-        yield f"row {number}", row
+    for number, (row, line) in enumerate(zip(data, _element_lines(text), strict=True), start=1):
+        yield f"row {number} (line {line})", row
+
+
+def _element_lines(text: str) -> Iterator[int]:
+    """The line on which each element of a valid top-level JSON array starts."""
+    decoder, index, line, counted = json.JSONDecoder(), text.index("[") + 1, 1, 0
+    while True:
+        index = _BETWEEN_ELEMENTS.match(text, index).end()
+        if text[index] == "]":
+            return
+        line, counted = line + text.count("\n", counted, index), index
+        yield line
+        _, index = decoder.raw_decode(text, index)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
     # surrogateescape keeps bytes that are not UTF-8 as lone surrogates, so one bad row
     # can be reported (and skipped) instead of failing the whole file.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
-        for number, row in enumerate(reader, start=1):
-            where = f"row {number} (line {reader.line_num})"
-            if None in row:
-                yield where, RowError("more cells than the header has columns")
-            elif any(_not_utf8(value) for value in row.values() if value):
-                yield where, RowError("not UTF-8 text")
-            else:
-                yield where, {key: value for key, value in row.items() if value is not None}
+        try:
+            if any(_not_utf8(name) for name in reader.fieldnames or ()):
+                raise DataError(f"{path}, line 1: the header is not UTF-8 text; save the file as UTF-8")
+            for number, row in enumerate(reader, start=1):
+                where = f"row {number} (line {reader.line_num})"
+                if None in row:
+                    yield where, RowError("more cells than the header has columns")
+                elif any(_not_utf8(value) for value in row.values() if value):
+                    yield where, RowError("not UTF-8 text")
+                else:
+                    yield where, {key: value for key, value in row.items() if value is not None}
+        except csv.Error as err:  # a cell over the csv module's size limit, a NUL byte: the rest cannot be read
+            raise DataError(f"{path}, line {reader.reader.line_num}: unreadable CSV: {err} "
+                            "(save long texts as JSONL, or fix the line)") from err
 
 
 def _not_utf8(text: str) -> bool:
@@ -106,9 +165,14 @@ def _not_utf8(text: str) -> bool:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except pyarrow.ArrowException as err:
+        raise DataError(f"{path}: not a readable Parquet file: {err}") from err
+    for number, row in enumerate(rows, start=1):
         yield f"row {number}", row
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from training.datasets.citations import NORMS, cites
 from training.datasets.derivation import derive
+from training.safeyaml import shorten, shown
 
 DATA_DIR = Path(__file__).resolve().parent
 SPLITS = ("train", "test")
@@ -30,6 +31,7 @@ CATEGORIES = ("explicar", "resumir", "reescribir", "clasificar", "extraer",
 RESUMIR_PREFIX = "Resume el siguiente artículo:"
 MIN_INSTRUCCIONES_ROWS = 400
 KINDS = ("instrucciones-es", "leyes-ec")
+UTF8_BOM = b"\xef\xbb\xbf"  # what Notepad and Excel write first; read as nothing
 
 
 @dataclass
@@ -51,27 +53,29 @@ def _where(path: Path, line: int) -> str:
 
 
 def _read_rows(path: Path, report: Report) -> list[tuple[int, dict]]:
-    """(line number, object) for every line that is valid JSON; errors for the others."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        report.errors.append(f"{_where(path, line)}: not valid UTF-8 (byte {err.start}); save the file as UTF-8")
+    """(line number, object) for every line that is a JSON object; an error for each other line."""
+    lines = path.read_bytes().removeprefix(UTF8_BOM).split(b"\n")
+    if not any(line.strip() for line in lines):
+        report.errors.append(f"{_where(path, 1)}: the file is empty; JSON Lines needs one object per line")
         return []
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            if number != len(text.split("\n")):  # only the final newline may leave an empty line
-                report.errors.append(f"{_where(path, number)}: empty line; JSON Lines needs one object per line")
+    for number, raw in enumerate(lines, start=1):
+        where = _where(path, number)
+        if not raw.strip():
+            if number != len(lines):  # only the final newline may leave an empty line
+                report.errors.append(f"{where}: empty line; JSON Lines needs one object per line")
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            report.errors.append(f"{where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                 "save the file as UTF-8")
+            continue
         except json.JSONDecodeError as err:
-            report.errors.append(f"{_where(path, number)}: invalid JSON: {err.msg} (column {err.colno})")
+            report.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
             continue
         if not isinstance(row, dict):
-            report.errors.append(f"{_where(path, number)}: expected a JSON object, got {type(row).__name__}")
+            report.errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")
             continue
         rows.append((number, row))
     return rows
@@ -87,7 +91,7 @@ def _check_text_fields(row: dict, where: str, kind: str) -> list[str]:
     if kind == "instrucciones-es":
         category = row.get("category")
         if category not in CATEGORIES:
-            errors.append(f"{where}: field 'category': {category!r} is not one of {', '.join(CATEGORIES)}")
+            errors.append(f"{where}: field 'category': {shown(category)} is not one of {', '.join(CATEGORIES)}")
         elif category == "resumir" and not str(row.get("instruction", "")).startswith(RESUMIR_PREFIX):
             errors.append(f"{where}: field 'instruction': a 'resumir' row must start with {RESUMIR_PREFIX!r}")
     return errors
@@ -99,12 +103,12 @@ def _check_fuente(row: dict, where: str) -> list[str]:
         return [f"{where}: field 'fuente': missing or not an object with 'norma' and 'articulo'"]
     errors = []
     if fuente.get("norma") not in NORMS:
-        errors.append(f"{where}: field 'fuente.norma': {fuente.get('norma')!r} is not a canonical norm; "
+        errors.append(f"{where}: field 'fuente.norma': {shown(fuente.get('norma'))} is not a canonical norm; "
                       f"allowed: {'; '.join(NORMS)}")
     if not isinstance(fuente.get("articulo"), str) or not fuente["articulo"].strip():
         errors.append(f"{where}: field 'fuente.articulo': missing, empty or not a string")
     if not errors and isinstance(row.get("output"), str) and not cites(row["output"], fuente):
-        errors.append(f"{where}: field 'output': does not cite artículo {fuente['articulo']} "
+        errors.append(f"{where}: field 'output': does not cite artículo {shorten(fuente['articulo'])} "
                       f"of {fuente['norma']} (name the norm next to the article number)")
     return errors
 
@@ -131,26 +135,37 @@ def validate_dataset(directory: Path) -> Report:
             continue
         rows = _read_rows(path, report)
         report.rows[split] = len(rows)
-        read[split] = [(_where(path, number), row) for number, row in rows]
+        read[split] = [(_where(path, number), row) for number, row in rows if _well_formed(row)]
         for number, row in rows:
             where = _where(path, number)
             report.errors += _check_text_fields(row, where, kind)
             if kind == "leyes-ec":
                 report.errors += _check_fuente(row, where)
-            group = row.get("category") if kind == "instrucciones-es" else (row.get("fuente") or {}).get("norma")
-            report.groups[f"{split}/{group}"] += 1
+            fuente = row.get("fuente") if isinstance(row.get("fuente"), dict) else {}
+            group = row.get("category") if kind == "instrucciones-es" else fuente.get("norma")
+            report.groups[f"{split}/{shorten(str(group))}"] += 1
             row_id, prompt = row.get("id"), _normalised(row)
-            if row_id in ids:
-                report.errors.append(f"{where}: field 'id': {row_id!r} already used at {ids[row_id]}")
+            if not isinstance(row_id, str):
+                row_id = None  # reported above; a list or an object cannot be compared as an id
+            elif row_id in ids:
+                report.errors.append(f"{where}: field 'id': {shown(row_id)} already used at {ids[row_id]}")
             if prompt in prompts:
                 report.errors.append(f"{where}: field 'instruction': duplicate of {prompts[prompt]} "
                                      "(same instruction and input after lowercasing and collapsing spaces)")
-            ids.setdefault(row_id, where)
+            if row_id is not None:
+                ids.setdefault(row_id, where)
             prompts.setdefault(prompt, where)
     if kind == "leyes-ec":
         report.errors += _check_derived(read)
     report.errors += _check_totals(report, kind)
     return report
+
+
+def _well_formed(row: dict) -> bool:
+    """Text fields that are text and a `fuente` object of texts: what the check of derived rows reads."""
+    fuente = row.get("fuente", {})
+    texts = [row.get(key) for key in ("id", "instruction", "input", "output")]
+    return isinstance(fuente, dict) and all(isinstance(text, str) for text in [*texts, *fuente.values()])
 
 
 def _check_derived(read: dict[str, list[tuple[str, dict]]]) -> list[str]:
@@ -162,14 +177,17 @@ def _check_derived(read: dict[str, list[tuple[str, dict]]]) -> list[str]:
         for where, row in rows:
             if "derivado_de" not in row:
                 continue
+            if not isinstance(row["derivado_de"], str):
+                errors.append(f"{where}: field 'derivado_de': must be the id (text) of the row it derives from")
+                continue
             source = by_id.get(row["derivado_de"])
             if source is None:
-                errors.append(f"{where}: field 'derivado_de': no row {row['derivado_de']!r} in the {split} split "
+                errors.append(f"{where}: field 'derivado_de': no row {shown(row['derivado_de'])} in the {split} split "
                               "(a derived row stays in the split of its source)")
                 continue
             expected = derive(source)
             if expected is None or expected["output"] != row.get("output") or expected["fuente"] != row.get("fuente"):
-                errors.append(f"{where}: field 'output': not the answer derived from {row['derivado_de']} "
+                errors.append(f"{where}: field 'output': not the answer derived from {shorten(row['derivado_de'])} "
                               "(re-run python -m training derive-questions)")
     return errors
 

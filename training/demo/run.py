@@ -9,7 +9,9 @@
 5. with --webui DIR: the bundle (adapters, templates, presets, extension) and the demo model
    installed into that webui, and the command that starts it.
 
-Every step reuses its finished output when the demo is run again.
+Every step reuses its finished output when the demo is run again. --out must be new (or empty), or
+a demo folder of ours (it holds training/files.py's OUTPUT_MARKER); inside it the demo replaces its
+own stale artefacts (a retrained adapter, a new report) and nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from training.adapters.fuse import fuse_adapters
-from training.adapters.record import TrainingRecord, read_record
+from training.adapters.record import RECORD_NAME, TrainingRecord, read_record
 from training.config import load_config
 from training.demo.model import fetch_demo_model
 from training.demo.webui import install_bundle
@@ -31,7 +33,7 @@ from training.evaluate.compare import adapter_template, evaluate, load_model_wit
 from training.evaluate.generate import active_variant, generate_answers
 from training.evaluate.report import render_markdown, write_report
 from training.files import BUNDLE_ROOT as BUNDLE
-from training.files import sha256_file
+from training.files import atomic_output_dir, is_ours, mark_as_ours, own_folder, sha256_file
 from training.templates import load_template
 from training.train import train
 
@@ -66,7 +68,8 @@ class DemoSettings:
 def add_arguments(parser) -> None:
     parser.add_argument("--webui", type=Path, help="also install the bundle and the demo model into this webui")
     parser.add_argument("--retrain", action="store_true", help="first retrain the two adapters with QLoRA (~1 h)")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"),
+                        help="output folder: new, empty, or an earlier demo's (default demo-output)")
     parser.add_argument("--eval-limit", type=int, help="evaluate only the first N held-out rows per task")
 
 
@@ -76,8 +79,8 @@ def run(args) -> int:
 
 
 def run_demo(settings: DemoSettings) -> dict:
-    out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
+    adopt_earlier_demo_folder(settings.out)
+    out = own_folder(settings.out, "demo folder")
     model_dir = settings.base_model or step_model(out / "models" / DEMO_MODEL)
     adapters = step_adapters(model_dir, settings)
     results = step_evaluate(model_dir, adapters, settings)
@@ -87,13 +90,36 @@ def run_demo(settings: DemoSettings) -> dict:
     return results
 
 
+LEGACY_DEMO_ENTRIES = {"models", "loras", "report"}
+
+
+def adopt_earlier_demo_folder(out: Path) -> None:
+    """Mark a demo folder written before output markers existed (spanish_ft 0.1 demos) as ours.
+
+    Only a folder holding nothing but the demo's own entries, with the demo model's record or a
+    report carrying the demo's inputs digest, is adopted; anything else stays refused by the rule.
+    """
+    if not out.is_dir() or out.is_symlink() or is_ours(out):
+        return
+    entries = {entry.name for entry in out.iterdir()}
+    model_record = out / "models" / DEMO_MODEL / "spanish_ft_demo_model.json"
+    report = out / "report" / "report.json"
+    demo_report = report.is_file() and '"inputs_sha256"' in report.read_text(encoding="utf-8", errors="replace")
+    if not entries or not entries <= LEGACY_DEMO_ENTRIES or not (model_record.is_file() or demo_report):
+        return
+    mark_as_ours(out, "demo folder")
+    if demo_report and not is_ours(report.parent):
+        mark_as_ours(report.parent, "report folder")
+    say(f"{out}: a demo folder of an earlier spanish_ft version, reused")
+
+
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
 def step_model(model_dir: Path) -> Path:
     say(f"1/4 demo model -> {model_dir}")
-    return fetch_demo_model(model_dir)
+    return fetch_demo_model(model_dir, replace=True)
 
 
 def step_adapters(model_dir: Path, settings: DemoSettings) -> dict[str, Path]:
@@ -128,14 +154,14 @@ def train_demo_adapter(task: str, model_dir: Path, settings: DemoSettings, under
     if stale:
         say(f"2/4 {out_dir}: {stale}; training it again")
     work_dir = Path(f"{out_dir}.work")
-    if stale:
+    if stale and is_ours(work_dir):
         shutil.rmtree(work_dir, ignore_errors=True)  # its checkpoints belong to the old run
     elif any(work_dir.glob("checkpoint-*")):
         say(f"2/4 continuing the interrupted training of {task} from its last checkpoint")
         overrides.append("resume=true")
         config = load_config(BUNDLE / RECIPES[task], overrides)
     say(f"2/4 training {task} with QLoRA: {RECIPES[task]} {' '.join(overrides)}")
-    return train(config)
+    return train(config, replace=True)  # the folder under --out is the demo's own
 
 
 # recipe keys that do not change the trained weights: a change there reuses the adapter. Data files
@@ -182,7 +208,7 @@ def fuse_demo_adapters(adapters: dict[str, Path], out_dir: Path) -> Path:
     if _fused_from(out_dir) == [(str(s), sha256_file(s / "adapter_model.safetensors")) for s in sources]:
         say(f"2/4 {out_dir} already fused from the same adapters: reused")
         return out_dir
-    result = fuse_adapters(sources, out_dir, name=out_dir.name)
+    result = fuse_adapters(sources, out_dir, name=out_dir.name, replace=True)
     say(f"2/4 fused (exact, rank {result.rank}) -> {out_dir}")
     return out_dir
 
@@ -212,9 +238,9 @@ def step_evaluate(model_dir: Path, adapters: dict[str, Path], settings: DemoSett
         results = evaluate(str(model_dir), list(adapters.values()), [str(BUNDLE / s) for s in SPLITS.values()],
                            max_new_tokens=settings.max_new_tokens, limit=settings.eval_limit)
         results["inputs_sha256"] = digest
-        write_report(results, report_dir)
+        write_report(results, report_dir, replace=True)
     print(render_markdown(results, samples=0))
-    say(f"report: {report_dir / 'report.md'}, {report_dir / 'chart.png'}")
+    say("report: " + ", ".join(str(p) for p in (report_dir / "report.md", report_dir / "chart.png") if p.is_file()))
     return results
 
 
@@ -250,8 +276,10 @@ def step_webui(webui: Path, model_dir: Path, adapters: dict[str, Path]) -> None:
     if not models.exists():
         shutil.copytree(model_dir, models)
     for adapter in adapters.values():
-        target = data_dir / "loras" / adapter.name
         if adapter.resolve().parent != (BUNDLE / "loras").resolve():  # retrained: not in the bundle's loras/
-            shutil.copytree(adapter, target, dirs_exist_ok=True)
+            # replaces an adapter of ours of that name, never a folder of the user's
+            with atomic_output_dir(data_dir / "loras" / adapter.name, replace=True, marker=RECORD_NAME,
+                                   what="adapter folder") as tmp:
+                shutil.copytree(adapter, tmp, dirs_exist_ok=True)
     say(f"webui ready: cd {webui} && python server.py --model {DEMO_MODEL} --lora {DEMO_MODEL}-fusionado "
         "--extensions spanish_ft  (then: modo instruct, plantilla y preset spanish_ft-ChatML)")

@@ -6,12 +6,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-BUNDLE = Path(__file__).resolve().parents[1]
+from training.files import BUNDLE_ROOT
 
 
 def load_installer():
     """install.py as a module (it lives at the bundle root, outside any package)."""
-    spec = importlib.util.spec_from_file_location("spanish_ft_install", BUNDLE / "install.py")
+    spec = importlib.util.spec_from_file_location("spanish_ft_install", BUNDLE_ROOT / "install.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -25,14 +25,3 @@ def install_bundle(webui: Path) -> Path:
     if code not in (0, 1):  # 1: done, but files the user changed were kept
         raise ValueError(f"install.py failed with exit code {code} for {webui}")
     return installer.locate_webui(webui, None).data
-
-
-def make_webui_skeleton(path: Path) -> Path:
-    """The files by which install.py recognises a webui (2025 layout), nothing else."""
-    (path / "modules").mkdir(parents=True, exist_ok=True)
-    for sub in ("instruction-templates", "presets", "loras", "models", "extensions"):
-        (path / "user_data" / sub).mkdir(parents=True, exist_ok=True)
-    server = path / "server.py"
-    if not server.exists():
-        server.write_text("# stand-in for text-generation-webui's server.py (spanish_ft demo)\n", encoding="utf-8")
-    return path

@@ -4,8 +4,11 @@ For every held-out split (a task) and every variant (the base model with adapter
 then each adapter): the answer loss and perplexity (answer tokens only, prompts rendered by
 the adapters' instruction template exactly as the webui renders them), greedy answers scored
 with chrF against the references, and for rows that carry a `fuente` (the leyes-ec task) the
-share of answers citing the right norm and article. Writes report.md, report.json and a bar
-chart to --report.
+share of answers citing the right norm and article. Rows are alpaca by default; with
+`--format messages|sharegpt` each conversation's last (assistant) turn is the reference; a bad
+row stops the evaluation before the model loads, named with its file and line. Writes
+report.md, report.json and a bar chart to --report: a new folder, or a report folder of ours
+with --replace, checked before any model is loaded (training/files.py: check_output).
 
     python -m training evaluate --base models/smollm2-135m \\
         --adapters loras/smollm2-135m-instrucciones loras/smollm2-135m-leyes-ec \\
@@ -14,6 +17,7 @@ chart to --report.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,43 +30,61 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from training.adapters.folder import adapter_weights_path
 from training.adapters.record import TrainingRecord, read_record
 from training.data.conversations import encode_row, to_conversation
-from training.data.read import RowError, read_source
+from training.data.prepare import list_problems
+from training.data.read import DataError, RowError, read_source
 from training.datasets.citations import canonical_article, cites, find_citations
 from training.evaluate.generate import active_variant, answer_loss, generate_answers
-from training.evaluate.report import write_report
-from training.files import BUNDLE_ROOT, find_bundle_file
+from training.evaluate.report import REPORT, write_report
+from training.files import BUNDLE_ROOT, check_output, find_bundle_file
 from training.model.load import choose_pad_token
 from training.templates import load_template
 
 BASE = "base"
+SCORED_FORMATS = ("alpaca", "messages", "sharegpt")  # formats with a reference answer
 
 
 @dataclass(frozen=True)
 class TaskData:
     name: str  # the split's folder name, e.g. "leyes-ec"
     path: str
-    questions: list[list[dict]]  # conversation up to the last user message
+    questions: list[list[dict]]  # conversation up to its last answer
     references: list[str]
     sources: list[dict | None]  # the `fuente` of each row, if any
-    encoded: list  # training.encode.Encoded rows for the loss
+    encoded: list  # training.data.tokens.Encoded rows for the loss
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--base", required=True, help="base model folder or hub id")
     parser.add_argument("--adapters", nargs="+", type=Path, default=[], help="adapter folders to compare")
-    parser.add_argument("--data", nargs="+", required=True, help="held-out splits (alpaca JSONL), e.g. test.jsonl")
-    parser.add_argument("--report", type=Path, required=True, help="folder for report.md, report.json, chart")
+    parser.add_argument("--data", nargs="+", required=True,
+                        help="held-out splits (.jsonl/.json/.csv/.parquet in --format), e.g. test.jsonl")
+    parser.add_argument("--format", choices=SCORED_FORMATS, default="alpaca",
+                        help="row format of the --data files (default alpaca); the last turn is the reference answer")
+    parser.add_argument("--report", type=Path, required=True,
+                        help="new folder for report.md, report.json, chart.png (or see --replace)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace --report if it holds a report made by spanish_ft (never anything else)")
     parser.add_argument("--template", type=Path, help="instruction template (default: the adapters' own)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer length cap (default 96)")
-    parser.add_argument("--limit", type=int, help="use only the first N rows of each split (quick checks)")
+    parser.add_argument("--limit", type=_positive, help="use only the first N rows of each split (quick checks)")
     parser.add_argument("--samples", type=int, default=3, help="side-by-side sample answers per task")
     parser.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (runs pickle)")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of rows, 1 or more")
+    return int(text)
+
+
 def run(args) -> int:
+    given = [*args.adapters, *args.data, *([args.template] if args.template else []), args.base]
+    inputs = [path for path in map(find_bundle_file, map(str, given)) if path]
+    check_output(args.report, replace=args.replace, what=REPORT, inputs=inputs)
     results = evaluate(args.base, args.adapters, args.data, template=args.template,
-                       max_new_tokens=args.max_new_tokens, limit=args.limit, allow_pickle=args.allow_pickle)
-    paths = write_report(results, args.report, samples=args.samples)
+                       max_new_tokens=args.max_new_tokens, limit=args.limit, allow_pickle=args.allow_pickle,
+                       data_format=args.format)
+    paths = write_report(results, args.report, samples=args.samples, replace=args.replace)
     print(f"report written: {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -94,17 +116,26 @@ def shown_path(path: str) -> str:
         return path
 
 
-def load_task(path: str, tokenizer, template, limit: int | None) -> TaskData:
+def load_task(path: str, tokenizer, template, limit: int | None, data_format: str = "alpaca") -> TaskData:
+    """Every row of one held-out split; DataError listing each bad row with its file and line."""
     source = read_source(path)
-    questions, references, sources, encoded = [], [], [], []
+    questions, references, sources, encoded, problems = [], [], [], [], []
     for where, row in source.rows[:limit]:
-        if isinstance(row, RowError):
-            raise ValueError(f"{path}, {where}: {row}")
-        conversation = to_conversation(row, "alpaca")
+        try:
+            if isinstance(row, RowError):
+                raise row
+            conversation = to_conversation(row, data_format)
+            if conversation[-1]["role"] != "assistant":
+                raise RowError("the last turn must be the assistant's answer (the reference to score against)")
+            encoded.append(encode_row(row, data_format, tokenizer, template))
+        except RowError as err:
+            problems.append(f"{path}, {where}: {err}")
+            continue
         questions.append(conversation[:-1])
         references.append(conversation[-1]["content"])
         sources.append(row.get("fuente"))
-        encoded.append(encode_row(row, "alpaca", tokenizer, template))
+    if problems:
+        raise DataError(list_problems(path, problems) + "\nfix these rows: evaluation scores every row")
     name = Path(path).parent.name or Path(path).stem
     return TaskData(name, path, questions, references, sources, encoded)
 
@@ -135,10 +166,18 @@ def citation_scores(texts: list[str], task: TaskData) -> dict:
     return scores
 
 
+def load_base_tokenizer(base: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except OSError as err:  # what transformers raises for a missing folder or an unknown hub id
+        raise ValueError(f"--base {base}: not a model folder, and the hub did not provide it ({err})") from err
+    choose_pad_token(tokenizer)
+    return tokenizer
+
+
 def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool):
     """The base model in full precision with every adapter loaded under its folder name."""
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    choose_pad_token(tokenizer)
+    tokenizer = load_base_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     names = []
     for adapter in adapters:
@@ -153,11 +192,14 @@ def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool
 
 
 def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | None = None,
-             max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False) -> dict:
+             max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False,
+             data_format: str = "alpaca") -> dict:
     """Scores of every variant on every task, plus the answers, as one JSON-able dict."""
     template_obj = load_template(adapter_template(adapters, template))
-    model, tokenizer, names = load_model_with_adapters(base, adapters, allow_pickle)
-    tasks = [load_task(path, tokenizer, template_obj, limit) for path in data]
+    # the data before the model: a bad row is reported in seconds, not after loading 7B weights
+    tokenizer = load_base_tokenizer(base)
+    tasks = [load_task(path, tokenizer, template_obj, limit, data_format) for path in data]
+    model, _, names = load_model_with_adapters(base, adapters, allow_pickle)
     results = {"base_model": base, "template": template_obj.name, "variants": [BASE, *names], "tasks": {}}
     for task in tasks:
         entry = {"path": shown_path(task.path), "rows": len(task.references), "references": task.references,

@@ -1,7 +1,7 @@
 """Answers and losses of a model (or one of its adapters) on conversations, as the webui sees them.
 
 Prompts are rendered with the instruction template and encoded exactly like the webui
-(training.encode.webui_encode); generation is greedy and stops at the tokenizer's EOS, as
+(training.data.tokens.webui_encode); generation is greedy and stops at the tokenizer's EOS, as
 the webui does. Used by `python -m training evaluate` and by the extension's comparison tab.
 """
 

@@ -1,11 +1,18 @@
-"""The evaluation report: report.md (tables + side-by-side samples), report.json, chart.png."""
+"""The evaluation report: report.md (tables + side-by-side samples), report.json, chart.png.
+
+Essentials first: report.md and report.json are written together into a new report folder,
+renamed into place at once (a folder of ours, marked with training/files.py's OUTPUT_MARKER, so
+that `--replace` can recognise it later). The chart is an extra drawn afterwards: if it fails
+(matplotlib missing or broken) the command warns and the report stays whole without it.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from training.files import write_json_atomic, write_text_atomic
+from training.files import atomic_output_dir, write_extra, write_json_atomic, write_text_atomic
+
+REPORT = "report folder"
 
 METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("perplexity", "perplexity ↓", "{:.1f}"),
            ("chrf", "chrF ↑", "{:.1f}"), ("citation_accuracy", "citations ↑", "{:.0%}"),
@@ -74,16 +81,17 @@ def write_chart(results: dict, path: Path) -> None:
         axis.set_title(dict((k, label) for k, label, _ in METRICS)[key])
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp, dpi=100)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
-    os.replace(tmp, path)
 
 
-def write_report(results: dict, folder: Path, samples: int = 3) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "report.md", folder / "report.json", folder / "chart.png"]
-    write_text_atomic(paths[0], render_markdown(results, samples))
-    write_json_atomic(paths[1], results)
-    write_chart(results, paths[2])
+def write_report(results: dict, folder: Path, samples: int = 3, replace: bool = False) -> list[Path]:
+    """Write the report folder (new, or ours with `replace`); returns the files written."""
+    folder = Path(folder)
+    with atomic_output_dir(folder, replace=replace, what=REPORT) as tmp:
+        write_text_atomic(tmp / "report.md", render_markdown(results, samples))
+        write_json_atomic(tmp / "report.json", results)
+    paths = [folder / "report.md", folder / "report.json"]
+    if write_extra(folder / "chart.png", lambda path: write_chart(results, path), "the chart"):
+        paths.append(folder / "chart.png")
     return paths

@@ -24,7 +24,9 @@ from __future__ import annotations
 import functools
 import types
 
+import bitsandbytes as bnb
 import torch
+from bitsandbytes.functional import dequantize_4bit
 from torch import nn
 from torch.nn import functional as F
 
@@ -60,8 +62,6 @@ def _linear_in_input_dtype(self, hidden: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _embedding_class():
-    import bitsandbytes as bnb
-
     class NF4Embedding(bnb.nn.Embedding4bit):
         """bitsandbytes' Embedding4bit, which can be saved like a Linear4bit (PEFT reads the whole state dict)."""
 
@@ -90,8 +90,6 @@ class NF4Head(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        from bitsandbytes.functional import dequantize_4bit
-
         packed = self._tied[0] if hasattr(self, "_tied") else self.packed
         return dequantize_4bit(packed.data, packed.quant_state)
 
@@ -101,8 +99,6 @@ class NF4Head(nn.Module):
 
 def quantize_embeddings(model, quant_type: str) -> None:
     """Store the input embedding and LM head in 4-bit (`quant_type` nf4 or fp4), keeping a tie exact."""
-    import bitsandbytes as bnb
-
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is embedding.weight
     vocab, width = embedding.weight.shape

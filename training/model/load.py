@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import os
 
+import bitsandbytes as bnb
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
@@ -227,8 +228,6 @@ def add_lora(model, lora: LoraSettings, bits: int):
 
 def check_adapted_layers(model, targets: tuple[str, ...], bits: int) -> None:
     """Every target name matched a layer, and with 4/8 bits every adapted layer is quantised."""
-    import bitsandbytes as bnb
-
     adapted = {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
     missing = [t for t in targets if not any(name.rsplit(".", 1)[-1] == t for name in adapted)]
     if missing:

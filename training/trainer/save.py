@@ -1,42 +1,88 @@
-"""The adapter folder a training run leaves: LoRA weights, training record, model card, loss curve.
+"""The two folders a training run writes: the adapter folder it leaves and the work folder it uses.
 
-The folder is written to a temporary sibling and renamed into place, so an interrupted run
-leaves the previous adapter or the new one, never half of one. Only the main process
-writes; under FSDP every process first takes part in gathering the adapter's weights.
+Both are claimed before anything loads (`claim_folders`): the adapter folder must be new, or an
+adapter of ours with `--replace` (training/files.py: check_output); the work folder is new or ours,
+and is locked against a second run for the whole training.
+
+Essentials first: the LoRA weights, the training record and the model card are written to a
+temporary sibling and renamed into place together, so an interrupted run leaves the previous
+adapter or the new one, never half of one. The loss plot is an extra, drawn after that rename:
+if it fails (matplotlib missing or broken) the run warns and the adapter stays. Only the main
+process writes; under FSDP every process first takes part in gathering the adapter's weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from training.adapters.card import render_model_card
-from training.adapters.record import TrainingRecord, write_record
+from training.adapters.record import RECORD_NAME, TrainingRecord, write_record
 from training.config import RunConfig
-from training.files import atomic_output_dir
+from training.files import (
+    OUTPUT_MARKER,
+    atomic_output_dir,
+    check_output,
+    find_bundle_file,
+    hold_lock,
+    own_folder,
+    write_extra,
+)
 from training.model.load import fsdp_enabled
 
 LOSS_PLOT_NAME = "loss.png"
+ADAPTER = "adapter folder"
 
 
-def save_adapter(trainer, config: RunConfig, record: TrainingRecord) -> Path:
-    """Write the adapter folder atomically; drop the work folder's checkpoints unless kept."""
+@contextlib.contextmanager
+def claim_folders(config: RunConfig, replace: bool) -> Iterator[None]:
+    """Check the adapter folder and take the work folder (ours, locked) before anything is loaded."""
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch the main process claims for all
+        yield
+        return
+    check_output(config.output_dir, replace=replace, marker=RECORD_NAME, what=ADAPTER, inputs=run_inputs(config))
+    new = not config.work_dir.exists()
+    own_folder(config.work_dir, "training work folder (checkpoints, logs)")
+    try:
+        with hold_lock(config.work_dir):
+            yield
+    finally:
+        if new and [p.name for p in config.work_dir.iterdir()] == [OUTPUT_MARKER]:  # stopped before training
+            shutil.rmtree(config.work_dir, ignore_errors=True)
+
+
+def run_inputs(config: RunConfig) -> list[Path]:
+    """What the run reads or keeps (data, template, base, frozen adapter, work folder): never under the output."""
+    given = [config.data.train, config.data.eval, config.data.replay and config.data.replay.train,
+             config.model.base_model]
+    found = [find_bundle_file(text) for text in given if text]
+    return [*(p for p in found if p), config.template_path, config.work_dir,
+            *([config.lora.stack_on_path] if config.lora.stack_on_path else [])]
+
+
+def save_adapter(trainer, config: RunConfig, record: TrainingRecord, replace: bool = False) -> Path:
+    """Write the adapter folder atomically, then the loss plot (best effort); drop the checkpoints unless kept."""
     accelerator = trainer.accelerator
     # Under FSDP the LoRA weights are sharded: gathering them is collective, on every process.
     state_dict = accelerator.get_state_dict(trainer.model) if fsdp_enabled() else None
     if accelerator.is_main_process:
-        with atomic_output_dir(config.output_dir) as folder:
+        with atomic_output_dir(config.output_dir, replace=replace, marker=RECORD_NAME, what=ADAPTER) as folder:
             model = accelerator.unwrap_model(trainer.model)
             state = adapter_state(model, state_dict, config.lora.save_dtype)
             model.save_pretrained(folder, state_dict=state, safe_serialization=True)
             write_record(folder, record)
             # replaces the card PEFT writes with ours, made from the record
             (folder / "README.md").write_text(render_model_card(record), encoding="utf-8")
-            save_loss_plot(trainer.state.log_history, folder / LOSS_PLOT_NAME, title=config.name)
         if not config.training.keep_checkpoints:
             remove_checkpoints(config.work_dir)
+        history = trainer.state.log_history
+        write_extra(config.output_dir / LOSS_PLOT_NAME, lambda path: save_loss_plot(history, path, config.name),
+                    "the loss plot")
     accelerator.wait_for_everyone()
     return config.output_dir
 
