@@ -30,6 +30,19 @@ COMMANDS = {
     "derive-questions": ("training.datasets.derive", "add article-named questions to a leyes-ec dataset folder"),
 }
 
+# Inputs read before a command's module is imported: they are light to check, the module is not
+# (training.train loads torch, ~5 s and ~500 MB), so a bad recipe is refused at once.
+EARLY_CHECKS = {"train": "training.config:check_recipe_arguments"}
+
+
+def check_early(argv: list[str]) -> None:
+    """Run the command's early check, if it has one (not for --help); raises ValueError on bad input."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command not in EARLY_CHECKS or {"-h", "--help"} & set(argv):
+        return
+    module_name, _, function = EARLY_CHECKS[command].partition(":")
+    getattr(importlib.import_module(module_name), function)(argv[argv.index(command) + 1:])
+
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     """The parser of every command; only `command`'s module is imported to add its arguments."""
@@ -62,7 +75,13 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        check_early(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    args = parse_args(argv)
     if args.command is None:
         build_parser(None).print_help()
         return 2

@@ -154,6 +154,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return build_config(recipe, source=str(path))
 
 
+def check_recipe_arguments(arguments: list[str]) -> None:
+    """`train RECIPE [KEY=VALUE ...]` checked before torch is imported (python -m training's early check)."""
+    positional = [arg for arg in arguments if not arg.startswith("-")]
+    if positional:
+        load_config(positional[0], positional[1:])
+
+
 def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
