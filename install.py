@@ -14,12 +14,14 @@ import argparse
 import hashlib
 import json
 import os
+import posixpath
 import re
+import stat
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 BUNDLE = Path(__file__).resolve().parent
 NAME = "spanish_ft"
@@ -36,6 +38,9 @@ EXTENSION_TRAINING = ("__init__.py", "families.py", "templates.py", "files.py", 
 TRAINING_SUFFIXES = {".py", ".json"}
 CHUNK_BYTES = 1 << 20
 EXIT_OK, EXIT_KEPT, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+DATA_FOLDERS = ("instruction-templates", "presets")  # files directly inside; adapters: loras/<name>/...
+# Reading never goes through a symbolic link at the last step either (where the platform has the flag).
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 LABELS = {"add": "added", "update": "updated", "unchanged": "unchanged", "keep": "kept (changed by you)",
           "remove": "removed"}
 
@@ -64,15 +69,43 @@ An adapter folder is installed whole or not at all: if you changed one of its fi
 none of the bundle's new files for that adapter are written (half of one adapter next
 to half of another does not load).
 
+Refused before anything is written (each culprit is named with its fix; --force does not
+override these): a symbolic link in the bundle's shipped folders (what it points at would
+be copied into the webui); a user_data that is not a folder; a destination folder or file
+that is a symbolic link, or a file where a folder is needed; an extensions/{NAME}/ without
+this installer's record, or a loras/<adapter>/ folder of yours named like a bundle adapter
+(move them away); a record listing paths outside the installer's folders or through links
+(tampered: nothing is removed); a read-only destination folder.
+
 Exit codes: 0 done; 1 done, but files you changed were kept (rerun with --force to
-replace them after a backup; with --dry-run: would be kept); 2 usage error, not a webui,
-or unreadable record; 3 stopped by a write error or Ctrl-C (the record lists what was
-written: fix the cause and rerun, or --uninstall).
+replace them after a backup; with --dry-run: would be kept); 2 refused, nothing written:
+usage error, not a webui, an unreadable or tampered record, or one of the refusals above;
+3 stopped by a write error or Ctrl-C (the record lists what was written: fix the cause
+and rerun, or --uninstall).
 """
 
 
 class InstallError(Exception):
     """A problem the user must fix; printed without a traceback, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason to refuse: the culprit path, what is wrong with it, how to fix it."""
+
+    path: Path
+    why: str
+    fix: str
+
+
+class Refused(InstallError):
+    """Problems found before anything was written; all of them are reported at once."""
+
+    def __init__(self, problems: list[Problem]):
+        unique = {problem.path: problem for problem in reversed(problems)}  # one per culprit, the first found
+        self.problems = sorted(unique.values(), key=lambda problem: str(problem.path))
+        super().__init__("\nerror: ".join(f"{problem.path}: {problem.why}\n  fix: {problem.fix}"
+                                           for problem in self.problems))
 
 
 @dataclass(frozen=True)
@@ -105,11 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = locate_webui(args.webui, args.user_data_dir)
         manifest = load_manifest(target.webui)
-        wanted = {} if args.uninstall else collect_bundle(args.bundle, target)
-        steps = plan(target, wanted, manifest, args.force)
+        steps = checked_plan(args, target, manifest)
     except InstallError as error:
         print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, Refused):
+            count = len(error.problems)
+            print(f"Refused ({count} problem{'s' if count > 1 else ''} above): nothing was written.", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # an unreadable file while planning: nothing written yet
+        print(f"error: cannot read {error.filename or ''}: {error.strerror or error}; nothing was written",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return EXIT_STOPPED
     version = read_version(args.bundle)
     action = "uninstalling from" if args.uninstall else f"{version}: installing into"
     print(f"{NAME} {action} {target.webui} (data folder: {target.data})")
@@ -124,6 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.uninstall:
         print_next_steps(target, steps)
     return EXIT_KEPT if any(step.kind == "keep" for step in steps) else EXIT_OK
+
+
+def checked_plan(args: argparse.Namespace, target: Target, manifest: dict) -> list[Step]:
+    """The steps of this run, or Refused with every problem found in the bundle, the webui and the record."""
+    pairs, problems = ([], []) if args.uninstall else bundle_files(args.bundle, target)
+    rels = [rel for _, rel in pairs]
+    problems += record_problems(target, manifest) + destination_problems(target, rels)
+    problems += ownership_problems(target, rels, manifest)
+    if problems:
+        raise Refused(problems)
+    wanted = {} if args.uninstall else hash_bundle(args.bundle, target, pairs)
+    steps = plan(target, wanted, manifest, args.force)
+    problems = read_only_problems(target.webui, steps, args.uninstall)
+    if problems:
+        raise Refused(problems)
+    return steps
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,6 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def locate_webui(webui: Path, user_data_dir: Path | None) -> Target:
     webui = webui.expanduser().resolve()
+    if webui.exists() and not webui.is_dir():
+        raise InstallError(f"--webui {webui} is a file, not a folder: pass the text-generation-webui folder")
     if not webui.is_dir():
         raise InstallError(f"no such folder: {webui}")
     missing = []
@@ -158,34 +218,58 @@ def locate_webui(webui: Path, user_data_dir: Path | None) -> Target:
         if not data.is_dir():
             raise InstallError(f"--user-data-dir {data} does not exist: create it or drop the option")
         return Target(webui, data)
-    new_layout = (webui / "user_data").is_dir()
-    return Target(webui, webui / "user_data" if new_layout else webui)
+    user_data = webui / "user_data"
+    if user_data.is_symlink():
+        # the webui would use the folder it points at; writing through the link is not done: say so
+        raise Refused([Problem(user_data, f"is a symbolic link (to {os.readlink(user_data)}): the installer never "
+                               "writes through links", f"pass --user-data-dir {user_data.resolve()} to install into "
+                               "the folder it points at, or replace the link by that folder")])
+    if os.path.lexists(user_data) and not user_data.is_dir():
+        raise Refused([Problem(user_data, "is not a folder: a webui of 2025 or later keeps its templates, presets "
+                               "and adapters in a user_data/ folder, an older one has none",
+                               "move it away (or make it the webui's user_data/ folder), or choose the data folder "
+                               "with --user-data-dir")])
+    return Target(webui, user_data if user_data.is_dir() else webui)
 
 
 def collect_bundle(bundle: Path, target: Target) -> dict[str, tuple[Path, str]]:
-    """{webui-relative target path: (bundle file, sha256)} for everything the bundle ships."""
+    """{webui-relative target path: (bundle file, sha256)} for everything the bundle ships; Refused when
+    bundle_files finds links."""
+    pairs, problems = bundle_files(bundle, target)
+    if problems:
+        raise Refused(problems)
+    return hash_bundle(bundle, target, pairs)
+
+
+def bundle_files(bundle: Path, target: Target) -> tuple[list[tuple[Path, str]], list[Problem]]:
+    """(bundle file, webui-relative target path) for everything the bundle ships, and the problems: every
+    symbolic link among the shipped files or the folders they come from. The installer never follows one
+    (a link in loras/ would copy whatever it points at, a private key say, into the webui)."""
     bundle = bundle.resolve()
+    problems: list[Problem] = []
     # The webui root's extensions/, not user_data/extensions/: every webui version loads it, and
     # it imports script.py as the package `extensions.spanish_ft` (modules/extensions.py), so the
     # copied training/ is importable next to it; user_data/extensions/ loads script.py alone.
     extension = target.webui / "extensions" / NAME
-    pairs = walk_files(bundle / "extensions" / NAME, extension)
+    pairs = walk_files(bundle, Path("extensions", NAME), extension, problems)
     for entry in EXTENSION_TRAINING:
-        pairs += [(src, dst) for src, dst in walk_files(bundle / "training" / entry, extension / "training" / entry)
-                  if src.suffix in TRAINING_SUFFIXES]
-    for folder in ("instruction-templates", "presets"):
-        pairs += [(src, target.data / folder / src.name) for src in sorted((bundle / folder).glob("*.yaml"))]
-    # complete adapter folders only: not training work folders (<name>.work) nor hidden temp folders
-    adapters = sorted(p for p in (bundle / "loras").glob("*")
-                      if (p / "adapter_config.json").is_file() and not p.name.startswith("."))
-    for adapter in adapters:
-        pairs += walk_files(adapter, target.data / "loras" / adapter.name)
+        pairs += walk_files(bundle, Path("training", entry), extension / "training" / entry, problems,
+                            keep=lambda name: Path(name).suffix in TRAINING_SUFFIXES)
+    for folder in DATA_FOLDERS:
+        if bundle_folder(bundle, folder, problems):
+            pairs += [(src, target.data / folder / src.name) for src in sorted((bundle / folder).glob("*.yaml"))
+                      if regular(src, problems)]
+    for adapter in bundle_adapters(bundle, problems):
+        pairs += walk_files(bundle, adapter.relative_to(bundle), target.data / "loras" / adapter.name, problems)
+    return [(src, relative(target.webui, dst)) for src, dst in pairs], problems
+
+
+def hash_bundle(bundle: Path, target: Target, pairs: list[tuple[Path, str]]) -> dict[str, tuple[Path, str]]:
     if not pairs:
-        raise InstallError(f"nothing to install in bundle {bundle}: expected extensions/{NAME}/, "
+        raise InstallError(f"nothing to install in bundle {bundle.resolve()}: expected extensions/{NAME}/, "
                            "instruction-templates/, presets/, loras/ or training/")
     wanted: dict[str, tuple[Path, str]] = {}
-    for src, dst in pairs:
-        rel = relative(target.webui, dst)
+    for src, rel in pairs:
         if rel == MANIFEST:
             raise InstallError(f"the bundle must not ship {src}: that name is the install record")
         if rel in wanted:
@@ -194,19 +278,80 @@ def collect_bundle(bundle: Path, target: Target) -> dict[str, tuple[Path, str]]:
     return wanted
 
 
-def walk_files(root: Path, dest: Path) -> list[tuple[Path, Path]]:
-    """(file, its copy under dest) for every file below root, skipping caches and temp files;
-    [(root, dest)] when root is a file."""
-    if root.is_file():
-        return [(root, dest)]
+def bundle_adapters(bundle: Path, problems: list[Problem]) -> list[Path]:
+    """The complete adapter folders in the bundle's loras/: not training work folders (<name>.work, no
+    adapter_config.json of their own) nor hidden temp folders; every link there is a problem."""
+    if not bundle_folder(bundle, "loras", problems):
+        return []
+    adapters = []
+    for entry in sorted((bundle / "loras").iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            problems.append(bundle_link(entry))
+        elif entry.is_dir() and os.path.lexists(entry / "adapter_config.json"):
+            adapters.append(entry)
+    return adapters
+
+
+def bundle_folder(bundle: Path, folder: str, problems: list[Problem]) -> bool:
+    """Whether bundle/folder is a real folder to read (a link instead is a problem)."""
+    path = bundle / folder
+    if path.is_symlink():
+        problems.append(bundle_link(path))
+    return path.is_dir() and not path.is_symlink()
+
+
+def walk_files(bundle: Path, rel_root: Path, dest: Path, problems: list[Problem],
+               keep=lambda name: True) -> list[tuple[Path, Path]]:
+    """(file, its copy under dest) for every file below bundle/rel_root whose name passes `keep`, skipping
+    caches and temp files; [(file, dest)] when it is a file. Links met on the way go to `problems`."""
+    root = bundle / rel_root
+    link = first_link(bundle, root)
+    if link:
+        problems.append(bundle_link(link))
+        return []
+    if not root.is_dir():
+        return [(root, dest)] if os.path.lexists(root) and keep(root.name) and regular(root, problems) else []
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        for name in sorted(d for d in dirs if (Path(folder) / d).is_symlink() and d not in SKIP_DIRS):
+            problems.append(bundle_link(Path(folder) / name))
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not (Path(folder) / d).is_symlink())
         for name in sorted(files):
-            if not name.endswith((".pyc", TEMP_SUFFIX)):
-                src = Path(folder) / name
+            src = Path(folder) / name
+            if not name.endswith((".pyc", TEMP_SUFFIX)) and keep(name) and regular(src, problems):
                 found.append((src, dest / src.relative_to(root)))
     return found
+
+
+def regular(path: Path, problems: list[Problem]) -> bool:
+    """Whether a bundle file is a regular file to copy; a link or anything else is a problem."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        problems.append(bundle_link(path))
+    elif not stat.S_ISREG(mode):
+        problems.append(Problem(path, "is not a regular file (a folder, pipe or device where the bundle ships a "
+                                "file)", "replace it by the file, or remove it from the bundle"))
+    return stat.S_ISREG(mode)
+
+
+def bundle_link(path: Path) -> Problem:
+    return Problem(path, f"is a symbolic link in the bundle (to {os.readlink(path)}): the installer never follows "
+                   "links, so what it points at is not copied into the webui",
+                   "replace the link by the real file or folder (a copy of what it points at), or remove it")
+
+
+def first_link(base: Path, path: Path) -> Path | None:
+    """The first path from below `base` down to `path` (included) that is a symbolic link, if any."""
+    current = base
+    for part in path.relative_to(base).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+        if not os.path.lexists(current):
+            return None
+    return None
 
 
 def read_version(bundle: Path) -> str:
@@ -220,19 +365,148 @@ def read_version(bundle: Path) -> str:
 
 def load_manifest(webui: Path) -> dict:
     path = webui / MANIFEST
-    if not path.exists():
+    problem = webui_problem(webui, path)  # extensions/, extensions/spanish_ft/ and the record: no links
+    if problem:
+        raise Refused([problem])
+    if not os.path.lexists(path):
         return {"files": {}, "pending": {}, "created_dirs": []}
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         manifest.setdefault("pending", {})
         valid = all(isinstance(manifest[key], kind) for key, kind in
                     (("files", dict), ("pending", dict), ("created_dirs", list)))
-    except (ValueError, KeyError, TypeError, AttributeError):
+        valid = valid and all(isinstance(item, str) for item in (
+            *manifest["files"].values(), *manifest["pending"].values(), *manifest["created_dirs"]))
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
         valid = False
     if not valid:
         raise InstallError(f"install record {path} is not JSON with 'files' and 'created_dirs'; delete it to "
                            "start over (the files it listed are then treated as yours)")
     return manifest
+
+
+def record_problems(target: Target, manifest: dict) -> list[Problem]:
+    """The record is trusted only for paths inside the installer's own folders, reached without links:
+    anything else means it was tampered with, and nothing is removed or written."""
+    record = target.webui / MANIFEST
+    entries = [(rel, False) for rel in (*manifest["files"], *manifest["pending"])]
+    entries += [(rel, True) for rel in manifest["created_dirs"]]
+    problems, outside = [], []
+    for rel, is_dir in entries:
+        place = installer_path(target, rel, is_dir)
+        if place is None:
+            outside.append(repr(rel))
+        elif problem := webui_problem(*place):
+            problems.append(replace(problem, why=f"{problem.why}; the install record {record} lists {rel} through "
+                                    "it (a tampered record, or a changed webui): nothing is removed"))
+    if outside:
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        problems.append(Problem(record, f"is tampered: it lists {', '.join(outside[:5])}{more}, outside the folders "
+                                "this installer writes to (absolute, through '..', or elsewhere in the webui); "
+                                "nothing is removed or written",
+                                f"check the record; to start over delete it (the files it lists are then treated as "
+                                f"yours) and move extensions/{NAME}/ away. Installed with --user-data-dir? Rerun "
+                                "with the same option"))
+    return problems
+
+
+def installer_path(target: Target, rel: str, is_dir: bool) -> tuple[Path, Path] | None:
+    """(the folder its parts are checked from, path) when the webui-relative `rel` is written in normal form
+    and names a place the installer writes: in extensions/spanish_ft/, a template or preset file, a file in
+    a loras/<adapter>/ folder (folders: those, and their parents); None otherwise."""
+    if (not rel or "\\" in rel or "\0" in rel or posixpath.isabs(rel) or PureWindowsPath(rel).drive
+            or posixpath.normpath(rel) != rel):
+        return None
+    webui = target.webui
+    path = Path(os.path.normpath(webui / rel))
+    extension = webui / "extensions" / NAME
+    if relative(webui, path) != rel or path == webui / MANIFEST:
+        return None
+    if extension in path.parents or (is_dir and path in (extension, extension.parent)):
+        return webui, path
+    for data in (target.data, webui / "user_data", webui):
+        inside = path.relative_to(data).parts if data in path.parents else ()
+        ours = (len(inside) == 2 and inside[0] in DATA_FOLDERS and not is_dir
+                or len(inside) >= (2 if is_dir else 3) and inside[0] == "loras"
+                or is_dir and len(inside) == 1 and inside[0] in (*DATA_FOLDERS, "loras"))
+        if ours:
+            return (webui if webui in (data, *data.parents) else data), path
+    return None
+
+
+def webui_problem(base: Path, path: Path) -> Problem | None:
+    """What blocks `path` below `base`: a symbolic link on the way (or at `path`), or a file where a folder is
+    needed; None when every existing part is a real folder (and `path`, if it exists, no link)."""
+    culprit = first_link(base, path)
+    if culprit:
+        return Problem(culprit, f"is a symbolic link (to {os.readlink(culprit)}): the installer never writes, reads "
+                       "or removes anything through a link",
+                       "replace the link by the real folder or file (move what it points at there), or remove it")
+    for folder in reversed(path.parents):
+        if folder in base.parents or folder == base or not os.path.lexists(folder):
+            continue
+        if not folder.is_dir():
+            return Problem(folder, "is a file where the installer needs a folder", "move the file away, then rerun")
+    return None
+
+
+def destination_problems(target: Target, rels: list[str]) -> list[Problem]:
+    """Links, or files in the way of folders, on the way to anything the bundle would write."""
+    problems = []
+    for rel in rels:
+        path = Path(os.path.normpath(target.webui / rel))  # ../ when --user-data-dir is outside the webui
+        base = target.webui if target.webui in path.parents else target.data
+        problems.append(webui_problem(base, path))
+    return [problem for problem in problems if problem]
+
+
+def ownership_problems(target: Target, rels: list[str], manifest: dict) -> list[Problem]:
+    """Folders the bundle writes into as a whole that exist, hold something, and are not ours: the extension
+    folder without our record, an adapter folder the record does not know."""
+    webui, extension = target.webui, target.webui / "extensions" / NAME
+    has_record = os.path.lexists(webui / MANIFEST)
+    recorded = [*manifest["files"], *manifest["pending"], *manifest["created_dirs"]]
+    loras = relative(webui, target.data / "loras")
+    folders = set()
+    for rel in rels:
+        if rel.startswith(f"extensions/{NAME}/"):
+            folders.add(extension)
+        elif adapter := first_folder(rel, loras):
+            folders.add(target.data / "loras" / adapter)
+    problems = []
+    for folder in sorted(folders):
+        if folder.is_symlink() or not folder.is_dir() or not any(folder.iterdir()):
+            continue  # links are refused on their own; an empty folder holds nothing to lose
+        rel = relative(webui, folder)
+        if folder == extension and not has_record:
+            problems.append(Problem(folder, f"exists and was not installed by this installer (it has no install "
+                                    f"record {Path(MANIFEST).name}): a folder of yours, or another extension of this "
+                                    "name",
+                                    "move it away (rename it, e.g. to spanish_ft.old) or delete it, then rerun; "
+                                    "nothing is written into a folder the installer did not create"))
+        elif folder != extension and not any(entry == rel or entry.startswith(rel + "/") for entry in recorded):
+            problems.append(Problem(folder, "is a folder of yours (the install record does not list it) with the "
+                                    "name of an adapter in the bundle",
+                                    "rename it or move it away, then rerun; the installer never writes into, or "
+                                    "replaces, a folder of yours"))
+    return problems
+
+
+def read_only_problems(webui: Path, steps: list[Step], uninstall: bool) -> list[Problem]:
+    """The folders this run would write in that this user cannot write: refused before the first write."""
+    changes = [step for step in steps if step.kind in ("add", "update", "remove")]
+    places = {nearest_existing((webui / step.rel).parent) for step in changes}
+    if changes or (uninstall and os.path.lexists(webui / MANIFEST)):
+        places.add(nearest_existing((webui / MANIFEST).parent))
+    return [Problem(place, "is read-only for this user (or on a read-only file system)",
+                    "make it writable (chmod u+w, or mount it read-write), or run the installer as the user who owns "
+                    "the webui, then rerun") for place in sorted(places) if not os.access(place, os.W_OK | os.X_OK)]
+
+
+def nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
 
 
 def owned_hashes(manifest: dict) -> dict[str, tuple[str, ...]]:
@@ -293,15 +567,20 @@ def first_folder(rel: str, parent: str) -> str | None:
 def current_sha(path: Path) -> str | None:
     if not os.path.lexists(path):
         return None
-    return sha256(path) if path.is_file() else "not a regular file"
+    return sha256(path) if path.is_file() and not path.is_symlink() else "not a regular file"
 
 
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_no_follow(path) as handle:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def open_no_follow(path: Path):
+    """`path` opened for reading, refusing (OSError) if it became a symbolic link since it was checked."""
+    return os.fdopen(os.open(path, os.O_RDONLY | NO_FOLLOW), "rb")
 
 
 def relative(webui: Path, path: Path) -> str:
@@ -335,6 +614,8 @@ def apply(webui: Path, steps: list[Step], old: dict, version: str, uninstall: bo
 
 def carry_out(webui: Path, step: Step) -> Step:
     path = webui / step.rel
+    if os.path.realpath(path.parent) != os.path.normpath(path.parent):  # checked when planning; not followed now
+        raise OSError(f"a symbolic link appeared on the way to {path} during the install; not written through")
     if step.backup:
         backup = backup_path(path)
         os.replace(path, backup)
@@ -344,7 +625,7 @@ def carry_out(webui: Path, step: Step) -> Step:
             path.unlink()
         return step
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(step.source, "rb") as source:
+    with open_no_follow(step.source) as source:
         write_atomic(path, lambda out: copy_into(source, out))
     return step
 
@@ -357,14 +638,16 @@ def copy_into(source, out) -> None:
 def write_atomic(path: Path, fill) -> None:
     """Write through a temporary sibling and rename: readers see the old file or the new one."""
     temp = path.with_name(path.name + TEMP_SUFFIX)
+    if os.path.lexists(temp):  # left by a stopped run, or planted: removed, never written through
+        temp.unlink()
     try:
-        with open(temp, "wb") as out:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), "wb") as out:
             fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
     finally:
-        if temp.exists():
+        if os.path.lexists(temp):
             temp.unlink()
 
 
@@ -387,7 +670,7 @@ def dirs_to_create(webui: Path, rels: list[str]) -> list[str]:
     missing = set()
     for rel in rels:
         folder = (webui / rel).parent
-        while not folder.exists():
+        while not os.path.lexists(folder):
             missing.add(relative(webui, folder))
             folder = folder.parent
     return sorted(missing)
@@ -398,7 +681,7 @@ def prune_dirs(webui: Path, created: list[str], keep: Path | None) -> list[str]:
     left = []
     for rel in sorted(created, key=lambda r: r.count("/"), reverse=True):
         folder = webui / rel
-        if not folder.is_dir():
+        if folder.is_symlink() or not folder.is_dir():
             continue
         if (keep is None or folder not in keep.parents) and not any(folder.iterdir()):
             folder.rmdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,28 @@ def test_forced_user_data_dir_and_start_command(tmp_path, bundle, capsys):
     assert run(webui, bundle, "--user-data-dir", "nowhere") == 2
 
 
+def test_a_data_folder_outside_the_webui_portable_layout(tmp_path, bundle, capsys):
+    """A portable webui keeps user_data/ beside its folder: --user-data-dir ../user_data installs, upgrades and
+    uninstalls there; without the option the record's ../ entries are outside the webui and nothing is removed."""
+    webui = make_webui(tmp_path / "portable/text-generation-webui", "old")
+    outside = tmp_path / "portable/user_data"
+    write(outside / "presets/Top-P.yaml", "top_p: 0.9\n")
+    before = snapshot(tmp_path / "portable")
+    assert run(webui, bundle, "--user-data-dir", "../user_data") == 0
+    assert (outside / "loras/mistral-fusionado/adapter_config.json").is_file()
+    assert "../user_data/presets/spanish_ft-Mistral.yaml" in json.loads((webui / RECORD).read_text())["files"]
+    write(bundle / "presets/spanish_ft-Mistral.yaml", "temperature: 0.5\n")
+    assert run(webui, bundle, "--user-data-dir", "../user_data") == 0
+    assert (outside / "presets/spanish_ft-Mistral.yaml").read_text() == "temperature: 0.5\n"
+    installed = snapshot(tmp_path / "portable")
+    capsys.readouterr()
+    assert run(webui, bundle, "--uninstall") == 2
+    assert "Rerun with the same option" in capsys.readouterr().err
+    assert snapshot(tmp_path / "portable") == installed
+    assert run(webui, bundle, "--uninstall", "--user-data-dir", str(outside)) == 0
+    assert snapshot(tmp_path / "portable") == before
+
+
 def test_missing_bundle_folders_are_skipped(tmp_path, capsys):
     webui = make_webui(tmp_path / "webui", "new")
     bundle = tmp_path / "small-bundle"
@@ -356,6 +379,36 @@ def test_an_adapter_folder_is_never_half_upgraded(webui, bundle, capsys):
     assert run(webui, bundle, "--force") == 0
     assert (adapter / "adapter_model.safetensors").read_bytes() == b"new weights"
     assert (adapter / "adapter_config.json").read_text() == '{"r": 32}\n'
+
+
+def test_a_link_made_between_planning_and_writing_is_not_written_through(tmp_path, bundle, monkeypatch, capsys):
+    webui = make_webui(tmp_path / "webui", "new")
+    outside = write(tmp_path / "mine/Top-P.yaml", "top_p: 0.9\n").parent
+    real_plan = install.plan
+
+    def plan_then_link(target, *args):
+        steps = real_plan(target, *args)
+        presets = target.data / "presets"
+        for path in presets.iterdir():
+            path.unlink()
+        presets.rmdir()
+        presets.symlink_to(outside, target_is_directory=True)
+        return steps
+
+    monkeypatch.setattr(install, "plan", plan_then_link)
+    assert run(webui, bundle) == 3
+    assert "a symbolic link appeared on the way to" in capsys.readouterr().err
+    assert [path.name for path in outside.iterdir()] == ["Top-P.yaml"]
+
+
+def test_a_planted_temporary_link_is_removed_not_written_through(tmp_path, bundle):
+    webui = make_webui(tmp_path / "webui", "new")
+    secret = write(tmp_path / "home/.ssh/id_ed25519", "private key\n")
+    planted = webui / f"user_data/presets/spanish_ft-Mistral.yaml{install.TEMP_SUFFIX}"
+    planted.symlink_to(secret)
+    assert run(webui, bundle) == 0
+    assert secret.read_text() == "private key\n" and not os.path.lexists(planted)
+    assert (webui / "user_data/presets/spanish_ft-Mistral.yaml").read_text() == "temperature: 0.7\n"
 
 
 def test_an_unreadable_record_is_reported(webui, bundle, capsys):

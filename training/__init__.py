@@ -7,8 +7,9 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
     templates.py   the webui-identical prompt renderer (+ the `render` command)
     config.py      recipe YAML -> overrides -> schema.json -> frozen settings, paths resolved once
     data/          rows read -> conversations -> token ids with answer-only labels -> batches -> prepared splits
-    adapters/      adapter folders: PEFT files, the training record (record.py: its one home), card,
-                   factors, what fuses exactly, fuse, merge
+    adapters/      adapter folders: the one door every reader passes (folder.py: config allow-list,
+                   safetensors header, pickle, names), the training record (record.py: its one home),
+                   card, factors, what fuses exactly, fuse, merge
     memory/        the memory estimator (torch-free) with its settings dataclass, report + CLI, configs/
     datasets/      the shipped Spanish datasets, citations, validation, article-question derivation
     model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter

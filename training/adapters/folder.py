@@ -1,31 +1,99 @@
-"""An adapter folder as PEFT writes it: its config and its weights, read through one strict door.
+"""An adapter folder as PEFT writes it, read through one strict door: `open_adapter`.
 
-Weights are read from safetensors; pickle files (`adapter_model.bin`) can run code when loaded
-and are refused unless the caller explicitly allows them.
+Every command that reads an adapter (fuse, merge, evaluate, a recipe's lora.stack_on, the webui
+extension) opens it here first, so an adapter from a stranger is checked before PEFT, safetensors
+or torch see it:
+- adapter_config.json: a JSON object of known LoRA fields with values of the right type, and no
+  field that makes PEFT import a package (training/adapters/adapter_config.py);
+- adapter_model.safetensors: its header read and checked against the file's size (every
+  tensor's dtype, shape and byte range; safetensors_header.py), so a truncated or forged file is
+  named, not a traceback;
+- adapter_model.bin (pickle, which can run code when loaded): refused unless allowed, and then
+  read only by torch's weights-only unpickler, which must find nothing but tensors.
+PEFT is then given the accepted config (`load_peft_adapter`), never the file. `resolve_adapter`
+turns an adapter's name (the extension's LoRA menu) into a folder strictly inside the adapters folder.
+
+    adapter = open_adapter(Path("loras/smollm2-135m-leyes-ec"))
+    adapter.config["r"], adapter.weights_file
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from training.adapters.adapter_config import config_problems, peft_config
+from training.adapters.safetensors_header import CorruptFileError, check_safetensors
+from training.safeyaml import shorten
 
 CONFIG_NAME = "adapter_config.json"
 SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+CONFIG_MAX_BYTES = 16 << 20  # PEFT writes a few KB; a rank_pattern for every module of a 70B model, ~1 MB
 
 
-class UnsafeWeightsError(ValueError):
+class AdapterError(ValueError):
+    """An adapter folder refused at the door; the message names the file and what is wrong."""
+
+
+class UnsafeWeightsError(AdapterError):
     """Pickle weights found where safetensors were expected."""
 
 
+class AdapterNameError(AdapterError):
+    """An adapter name that does not stay inside the adapters folder.
+
+    `reason`: "empty", "path" (absolute, or more than one folder name), "parent" (`..`), "missing"
+    or "outside" (a link leading out of the adapters folder).
+    """
+
+    def __init__(self, message: str, name: str, reason: str):
+        super().__init__(message)
+        self.name, self.reason = name, reason
+
+
+@dataclass(frozen=True)
+class AdapterFolder:
+    """An adapter folder that passed the door."""
+
+    path: Path
+    config: dict  # adapter_config.json, accepted
+    weights_file: Path  # adapter_model.safetensors (header checked), or allowed pickle
+
+
+def open_adapter(adapter_dir: str | Path, allow_pickle: bool = False) -> AdapterFolder:
+    """The adapter in `adapter_dir`, checked; raises AdapterError naming the file and the problem."""
+    adapter_dir = Path(adapter_dir)
+    config = read_adapter_config(adapter_dir)
+    weights_file = adapter_weights_path(adapter_dir, allow_pickle)
+    if weights_file.name == SAFE_WEIGHTS_NAME:
+        try:
+            check_safetensors(weights_file)
+        except CorruptFileError as err:
+            raise AdapterError(str(err)) from None
+    else:
+        check_pickle(weights_file)
+    return AdapterFolder(adapter_dir, config, weights_file)
+
+
 def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """adapter_config.json of `adapter_dir`, accepted (adapter_config.py says what is)."""
     path = Path(adapter_dir) / CONFIG_NAME
+    if not Path(adapter_dir).is_dir():
+        raise AdapterError(f"{adapter_dir}: no such adapter folder")
     if not path.is_file():
-        raise FileNotFoundError(f"{adapter_dir}: not a LoRA adapter folder (no {CONFIG_NAME})")
+        raise AdapterError(f"{adapter_dir}: not a LoRA adapter folder (no {CONFIG_NAME})")
+    if path.stat().st_size > CONFIG_MAX_BYTES:
+        raise AdapterError(f"{CONFIG_NAME} in {adapter_dir}: {path.stat().st_size} bytes, too large for a LoRA config")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from err
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise AdapterError(f"{CONFIG_NAME} in {adapter_dir}: not valid JSON ({err})") from None
+    problems = config_problems(config)
+    if problems:
+        raise AdapterError(f"{CONFIG_NAME} in {adapter_dir}: " + "; ".join(problems))
+    return config
 
 
 def adapter_weights_path(adapter_dir: str | Path, allow_pickle: bool = False) -> Path:
@@ -42,16 +110,64 @@ def adapter_weights_path(adapter_dir: str | Path, allow_pickle: bool = False) ->
                 f"convert the adapter to {SAFE_WEIGHTS_NAME}, or pass --allow-pickle if you trust its source"
             )
         return pickle
-    raise FileNotFoundError(f"{adapter_dir}: no {SAFE_WEIGHTS_NAME} in this adapter folder")
+    raise AdapterError(f"{adapter_dir}: no {SAFE_WEIGHTS_NAME} in this adapter folder")
 
 
-def load_adapter_tensors(adapter_dir: str | Path, allow_pickle: bool = False) -> dict:
-    """The adapter's tensors by name (safetensors; pickle only when allowed)."""
-    path = adapter_weights_path(adapter_dir, allow_pickle)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+def check_pickle(path: Path) -> None:
+    """An allowed pickle must hold only tensors by name: read by torch's weights-only unpickler, which runs no code."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # the unpickler's refusals and a corrupt file's errors come in many types
+        raise AdapterError(f"{path.name} in {path.parent}: not a file of plain tensors, refused "
+                           f"({type(err).__name__}: {shorten(str(err))})") from None
+    if not isinstance(tensors, dict) or not tensors or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise AdapterError(f"{path.name} in {path.parent}: holds {type(tensors).__name__}, not tensors by name")
+
+
+def load_adapter_tensors(adapter: AdapterFolder) -> dict:
+    """The tensors of an adapter that passed the door, by name (safetensors; pickle only if it was allowed)."""
+    if adapter.weights_file.name == SAFE_WEIGHTS_NAME:
+        from safetensors.torch import load_file
+
+        return load_file(str(adapter.weights_file))
+    import torch
+
+    return torch.load(adapter.weights_file, map_location="cpu", weights_only=True)
+
+
+def load_peft_adapter(model, adapter: AdapterFolder, name: str = "default"):
+    """`model` with `adapter` loaded by PEFT under `name`, from the accepted config (PEFT never reads the file).
+
+    `model` is a base model (returns a new PeftModel) or a PeftModel (the adapter is added to it, inactive).
+    """
+    from peft import PeftModel
+
+    config = peft_config(adapter.config, f"{CONFIG_NAME} in {adapter.path}")
+    if not isinstance(model, PeftModel):
+        return PeftModel.from_pretrained(model, str(adapter.path), adapter_name=name, config=config)
+    config.inference_mode = True
+    model.add_adapter(name, config)
+    model.load_adapter(str(adapter.path), adapter_name=name)
+    return model
+
+
+def resolve_adapter(lora_dir: str | Path, name: str, must_exist: bool = True) -> Path:
+    """lora_dir/name, refused unless `name` is one folder name that stays inside lora_dir (links followed)."""
+    lora_dir = Path(lora_dir)
+    if not isinstance(name, str) or not name.strip():
+        raise AdapterNameError(f"adapter name {name!r}: empty", str(name), "empty")
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise AdapterNameError(f"adapter name {name!r}: an absolute path, not a name in {lora_dir}", name, "path")
+    if name in (".", "..") or any(part == ".." for part in PureWindowsPath(name).parts):
+        raise AdapterNameError(f"adapter name {name!r}: leads out of {lora_dir}", name, "parent")
+    if len(PureWindowsPath(name).parts) != 1 or "\0" in name:
+        raise AdapterNameError(f"adapter name {name!r}: a path, not one folder name in {lora_dir}", name, "path")
+    path = lora_dir / name
+    if must_exist and not path.is_dir():
+        raise AdapterNameError(f"adapter name {name!r}: no such adapter folder in {lora_dir}", name, "missing")
+    if (path.exists() or path.is_symlink()) and not path.resolve().is_relative_to(lora_dir.resolve()):
+        raise AdapterNameError(f"adapter name {name!r}: {path} is a link to {path.resolve()}, outside {lora_dir}",
+                               name, "outside")
+    return path

@@ -43,7 +43,7 @@ NEUTRAL = {
     "init_lora_weights",
     "runtime_config",
     "ensure_weight_tying",
-    # read only together with an option refused here (use_qalora, megatron_config, the init methods)
+    # read only together with an option refused here or at the door (use_qalora, megatron_config, the inits)
     "qalora_group_size",
     "megatron_core",
     "loftq_config",
@@ -63,7 +63,6 @@ WHY = {
     "alora_invocation_tokens": "activated LoRA applies its delta only after the invocation tokens",
     "target_parameters": "LoRA on raw parameters is saved and applied differently",
     "arrow_config": "Arrow routes between several adapters per token",
-    "megatron_config": "Megatron parallel layers are not supported by the fuser",
 }
 SELECTORS = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern")
 
@@ -73,11 +72,10 @@ def _is_set(value) -> bool:
 
 
 def check_fusable_config(config: dict, where: Path) -> None:
-    """Raise naming every option of `where`/adapter_config.json that prevents an exact fusion."""
-    if config.get("peft_type") != "LORA":
-        raise ValueError(
-            f"{where}: adapter_config.json peft_type is {config.get('peft_type')!r}; only LORA adapters can be fused"
-        )
+    """Raise naming every option of `where`/adapter_config.json that prevents an exact fusion.
+
+    `config` passed the door (training/adapters/folder.py): a LoRA config of known fields and types.
+    """
     problems = []
     if config.get("bias", "none") != "none":
         problems.append(f"bias={config['bias']!r}: trained biases are not part of B @ A (allowed: 'none')")

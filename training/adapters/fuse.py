@@ -25,13 +25,7 @@ from pathlib import Path
 
 from training.adapters.card import render_model_card
 from training.adapters.factors import PEFT_PREFIX, compress_svd, module_scale, split_lora_tensors, stack_factors
-from training.adapters.folder import (
-    CONFIG_NAME,
-    SAFE_WEIGHTS_NAME,
-    adapter_weights_path,
-    load_adapter_tensors,
-    read_adapter_config,
-)
+from training.adapters.folder import CONFIG_NAME, SAFE_WEIGHTS_NAME, load_adapter_tensors, open_adapter
 from training.adapters.fusable import check_fusable_config, check_same, fused_adapter_config
 from training.adapters.record import RECORD_NAME, TrainingRecord, fused_record, read_record, write_record
 from training.files import atomic_output_dir, check_output, sha256_file, write_json_atomic
@@ -58,11 +52,11 @@ class FuseResult:
 
 
 def load_source(path: Path, allow_pickle: bool) -> Source:
-    config = read_adapter_config(path)
-    check_fusable_config(config, path)
-    weights_file = adapter_weights_path(path, allow_pickle)
-    modules = split_lora_tensors(load_adapter_tensors(path, allow_pickle), str(weights_file))
-    return Source(path, config, read_record(path) or TrainingRecord(), modules, weights_file)
+    """One source adapter, through the door (training/adapters/folder.py), if it fuses exactly."""
+    adapter = open_adapter(path, allow_pickle)
+    check_fusable_config(adapter.config, path)
+    modules = split_lora_tensors(load_adapter_tensors(adapter), str(adapter.weights_file))
+    return Source(path, adapter.config, read_record(path) or TrainingRecord(), modules, adapter.weights_file)
 
 
 def _base_of(source: Source) -> tuple[str | None, str]:

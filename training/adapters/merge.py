@@ -10,7 +10,8 @@ QLoRA training quantised (all but the output layer) by its NF4 + double-quant ro
 the merged model computes what the adapter was trained against. The folder (safetensors shards,
 tokenizer, `spanish_ft_record.json` with `kind: "merged"`) loads in the webui as a model and is
 written atomically. `--out` must be new, or a merged model made by spanish_ft with `--replace`
-(training/files.py: check_output), checked before the base is loaded. The memory needed is
+(training/files.py: check_output), checked before the base is loaded; so is the adapter, through the
+door of training/adapters/folder.py (PEFT gets its checked config, never the file). The memory needed is
 reported first; the run stops if RAM is clearly short.
 """
 
@@ -23,12 +24,11 @@ from pathlib import Path
 import bitsandbytes.functional as bnbf
 import psutil
 import torch
-from peft import PeftModel
 from torch import nn
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from training.adapters.folder import CONFIG_NAME, adapter_weights_path, read_adapter_config
+from training.adapters.folder import CONFIG_NAME, AdapterFolder, load_peft_adapter, open_adapter
 from training.adapters.record import RECORD_NAME, TrainingRecord, merged_record, read_record, write_record
 from training.files import atomic_output_dir, check_output, sha256_file
 
@@ -50,14 +50,14 @@ class MergeSettings:
     replace: bool = False  # `out` may hold a model made by spanish_ft, which is replaced
 
 
-def resolve_base(adapter: Path, base: str | None) -> str:
+def resolve_base(adapter: AdapterFolder, base: str | None) -> str:
     """--base, else the training record's base model, else adapter_config.json's."""
     if base:
         return base
-    record = read_record(adapter) or TrainingRecord()
-    found = record.base_model or read_adapter_config(adapter).get("base_model_name_or_path")
+    record = read_record(adapter.path) or TrainingRecord()
+    found = record.base_model or adapter.config.get("base_model_name_or_path")
     if not found:
-        raise ValueError(f"{adapter}: no base model in {RECORD_NAME} or {CONFIG_NAME}; pass --base MODEL")
+        raise ValueError(f"{adapter.path}: no base model in {RECORD_NAME} or {CONFIG_NAME}; pass --base MODEL")
     return found
 
 
@@ -103,25 +103,25 @@ def round_trip_linears_nf4_(model) -> None:
         nf4_round_trip_(linear)
 
 
-def merge_record(settings: MergeSettings, base: str) -> TrainingRecord:
-    source = read_record(settings.adapter) or TrainingRecord()
-    adapter = {
-        "path": str(settings.adapter),
-        "name": source.name or settings.adapter.name,
-        "sha256": sha256_file(adapter_weights_path(settings.adapter, settings.allow_pickle)),
+def merge_record(settings: MergeSettings, adapter: AdapterFolder, base: str) -> TrainingRecord:
+    source = read_record(adapter.path) or TrainingRecord()
+    entry = {
+        "path": str(adapter.path),
+        "name": source.name or adapter.path.name,
+        "sha256": sha256_file(adapter.weights_file),
     }
-    return merged_record(settings.out.name, source, base, adapter, settings.dtype, settings.dequantized_nf4)
+    return merged_record(settings.out.name, source, base, entry, settings.dtype, settings.dequantized_nf4)
 
 
 def merge_to_model(settings: MergeSettings) -> Path:
     """Write the merged full model folder `settings.out`; returns it."""
     inputs = [settings.adapter, *([settings.base] if settings.base and Path(settings.base).exists() else [])]
     check_output(settings.out, replace=settings.replace, marker=RECORD_NAME, what=MODEL, inputs=inputs)
-    weights_file = adapter_weights_path(settings.adapter, settings.allow_pickle)  # refuses pickle unless allowed
-    base = resolve_base(settings.adapter, settings.base)
+    adapter = open_adapter(settings.adapter, settings.allow_pickle)  # the door: before PEFT sees the folder
+    base = resolve_base(adapter, settings.base)
     base_config = AutoConfig.from_pretrained(base)
     refuse_quantized_base(base_config, base)
-    needed = memory_needed_bytes(base_config, settings.dtype, weights_file.stat().st_size)
+    needed = memory_needed_bytes(base_config, settings.dtype, adapter.weights_file.stat().st_size)
     available = psutil.virtual_memory().available
     print(
         f"memory: about {needed / GIB:.2f} GiB needed ({settings.dtype} base + adapter), "
@@ -131,14 +131,14 @@ def merge_to_model(settings: MergeSettings) -> Path:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, settings.dtype))
     if settings.dequantized_nf4:
         round_trip_linears_nf4_(model)
-    peft_model = PeftModel.from_pretrained(model, settings.adapter)
+    peft_model = load_peft_adapter(model, adapter)
     merged = peft_model.merge_and_unload(progressbar=True, safe_merge=True)  # safe_merge: refuse NaN/inf weights
     has_own_tokenizer = (settings.adapter / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(settings.adapter if has_own_tokenizer else base)
     with atomic_output_dir(settings.out, replace=settings.replace, marker=RECORD_NAME, what=MODEL) as tmp:
         merged.save_pretrained(tmp, max_shard_size=settings.max_shard_size)
         tokenizer.save_pretrained(tmp)
-        write_record(tmp, merge_record(settings, base))
+        write_record(tmp, merge_record(settings, adapter, base))
     return settings.out
 
 

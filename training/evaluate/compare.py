@@ -8,7 +8,8 @@ share of answers citing the right norm and article. Rows are alpaca by default; 
 `--format messages|sharegpt` each conversation's last (assistant) turn is the reference; a bad
 row stops the evaluation before the model loads, named with its file and line. Writes
 report.md, report.json and a bar chart to --report: a new folder, or a report folder of ours
-with --replace, checked before any model is loaded (training/files.py: check_output).
+with --replace, checked before any model is loaded (training/files.py: check_output). Every adapter
+passes the door of training/adapters/folder.py first; PEFT gets its checked config, never the file.
 
     python -m training evaluate --base models/smollm2-135m \\
         --adapters loras/smollm2-135m-instrucciones loras/smollm2-135m-leyes-ec \\
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import sacrebleu
 import torch
-from peft import PeftModel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.adapters.folder import adapter_weights_path
+from training.adapters.folder import load_peft_adapter, open_adapter
 from training.adapters.record import TrainingRecord, read_record
 from training.data.conversations import encode_row, to_conversation
 from training.data.prepare import list_problems
@@ -176,17 +176,16 @@ def load_base_tokenizer(base: str):
 
 
 def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool):
-    """The base model in full precision with every adapter loaded under its folder name."""
+    """The base model in full precision with every adapter loaded under its folder name.
+
+    Every adapter passes the door (training/adapters/folder.py) before the base model is loaded.
+    """
+    opened = [open_adapter(adapter, allow_pickle) for adapter in adapters]
     tokenizer = load_base_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    names = []
-    for adapter in adapters:
-        adapter_weights_path(adapter, allow_pickle)  # refuses pickle unless allowed
-        names.append(adapter.name)
-        if len(names) == 1:
-            model = PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter.name)
-        else:
-            model.load_adapter(str(adapter), adapter_name=adapter.name)
+    for adapter in opened:
+        model = load_peft_adapter(model, adapter, adapter.path.name)
+    names = [adapter.path.name for adapter in opened]
     model.eval()
     return model, tokenizer, names
 
@@ -195,6 +194,8 @@ def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | 
              max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False,
              data_format: str = "alpaca") -> dict:
     """Scores of every variant on every task, plus the answers, as one JSON-able dict."""
+    for adapter in adapters:  # the door first: a bad adapter is refused before anything is loaded
+        open_adapter(adapter, allow_pickle)
     template_obj = load_template(adapter_template(adapters, template))
     # the data before the model: a bad row is reported in seconds, not after loading 7B weights
     tokenizer = load_base_tokenizer(base)

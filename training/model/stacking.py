@@ -13,7 +13,8 @@ every checkpoint and the trainer's resume re-activates only one of them. Here it
 `scale * B @ A x` is added by a forward hook on each adapted base layer (the module PEFT
 then wraps), outside the state dict, checkpoints and optimizer; no dropout, as a frozen
 adapter runs at inference. Only adapters `training/adapters/fuse.py` accepts as exactly fusable
-(plain LoRA on Linear layers, safetensors unless pickle is explicitly allowed) are taken.
+(through the door of training/adapters/folder.py; plain LoRA on Linear layers, safetensors unless
+pickle is explicitly allowed) are taken.
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ which base model to load when they do not match. No webui needed:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.adapters.folder import CONFIG_NAME
+from training.adapters.folder import CONFIG_NAME, AdapterError, read_adapter_config
 from training.adapters.record import read_record
 from training.families import FAMILIES, family_of_model_type
 
@@ -44,12 +43,15 @@ class AdapterInfo:
 
 
 def read_adapter_info(path: Path) -> AdapterInfo:
-    """The adapter folder's info; raises ValueError naming the file when a JSON file is unreadable."""
-    config_path = path / CONFIG_NAME
+    """The adapter folder's info; raises ValueError naming the file when its config is refused or unreadable.
+
+    adapter_config.json is read through the bundle's door (training/adapters/folder.py): unknown
+    fields, wrong types and fields that would make PEFT import a package are refused.
+    """
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: no se puede leer la configuración del adaptador: {err}") from err
+        config = read_adapter_config(path)
+    except (OSError, AdapterError) as err:
+        raise ValueError(f"«{path.name}»: configuración del adaptador rechazada: {err}") from err
     record = read_record(path)
     if record is None:
         return AdapterInfo(path.name, path, config.get("r"))

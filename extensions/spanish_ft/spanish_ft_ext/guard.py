@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.adapters.folder import AdapterNameError, resolve_adapter
+
 from .adapters import AdapterInfo
 
 FUSED_TASK = "fusionado"
@@ -96,13 +98,34 @@ def decide_guard(selected_names, adapter_infos: dict[str, AdapterInfo], allow_wr
     return GuardDecision(selected, True, message, replacement, fusion_name(selected), not blocker, blocker)
 
 
+# why a name is not an adapter of the LoRA folder (training/adapters/folder.py: AdapterNameError.reason)
+NAME_REASONS = {
+    "empty": "está vacío",
+    "path": "es una ruta, no el nombre de una carpeta",
+    "parent": "sale de la carpeta de adaptadores («..»)",
+    "missing": "no existe en la carpeta de adaptadores",
+    "outside": "es un enlace a una carpeta fuera de la carpeta de adaptadores",
+}
+
+
+def _inside(lora_dir: Path, name: str, must_exist: bool = True) -> Path:
+    """lora_dir/name, refused in Spanish unless it stays inside lora_dir (the bundle's door)."""
+    try:
+        return resolve_adapter(lora_dir, name, must_exist)
+    except AdapterNameError as err:
+        raise ValueError(f"«{name}» no es un adaptador de {lora_dir}: {NAME_REASONS[err.reason]}") from None
+
+
 def fuse_selection(lora_dir: Path, names: tuple[str, ...]):
     """Fuse the adapters `names` of lora_dir exactly (rank-concatenation) into lora_dir/fusion-<a>+<b>.
 
-    An earlier fusion of the same names (ours: it has a training record) is replaced; any other
-    folder of that name is refused by the output rule (training/files.py).
+    Every name, and the output's, must be a folder inside lora_dir (no `..`, paths or links out
+    of it), checked before anything is read or written. An earlier fusion of the same names (ours:
+    it has a training record) is replaced; any other folder of that name is refused by the output
+    rule (training/files.py).
     """
     from training.adapters.fuse import fuse_adapters
 
-    return fuse_adapters([lora_dir / name for name in names], lora_dir / fusion_name(names), weights=None,
-                         method="cat", replace=True)
+    sources = [_inside(lora_dir, name) for name in names]
+    out = _inside(lora_dir, fusion_name(names), must_exist=False)
+    return fuse_adapters(sources, out, weights=None, method="cat", replace=True)
