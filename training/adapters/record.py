@@ -156,9 +156,10 @@ def _common_fields(kind: str, name: str, family: str | None, base_model: str | N
     }
 
 
-def _stamped(fields: dict) -> TrainingRecord:
+def _stamped(fields: dict, keep_empty: bool = False) -> TrainingRecord:
+    """The record of `fields` with library versions and creation time; unknown (None) fields left out unless kept."""
     fields = {**fields, "libraries": library_versions(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    return TrainingRecord({key: value for key, value in fields.items() if value is not None})
+    return TrainingRecord(fields if keep_empty else {key: value for key, value in fields.items() if value is not None})
 
 
 def trained_record(config, template, dataset: dict, metrics: dict, base_config,
@@ -178,9 +179,7 @@ def trained_record(config, template, dataset: dict, metrics: dict, base_config,
     }
     if stacked_on is not None:
         fields["stacked_on"] = stacked_on
-    # a trained record keeps its empty keys (revision unknown, say), as it always has
-    return TrainingRecord({**fields, "libraries": library_versions(),
-                           "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    return _stamped(fields, keep_empty=True)  # a trained record keeps its empty keys (revision unknown, say)
 
 
 def fused_record(name: str, sources: list[tuple[TrainingRecord, dict]], weights: list[float], method: str,

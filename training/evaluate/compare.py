@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.adapters.folder import load_peft_adapter, open_adapter
+from training.adapters.folder import AdapterFolder, load_peft_adapter, open_adapter
 from training.adapters.record import TrainingRecord, read_record
 from training.data.conversations import encode_row, to_conversation
 from training.data.prepare import list_problems
@@ -181,26 +181,29 @@ def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool
     Every adapter passes the door (training/adapters/folder.py) before the base model is loaded.
     """
     opened = [open_adapter(adapter, allow_pickle) for adapter in adapters]
-    tokenizer = load_base_tokenizer(base)
+    model, names = load_model(base, opened)
+    return model, load_base_tokenizer(base), names
+
+
+def load_model(base: str, adapters: list[AdapterFolder]):
+    """(the base model in full precision with each adapter that passed the door, the adapters' names)."""
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    for adapter in opened:
+    for adapter in adapters:
         model = load_peft_adapter(model, adapter, adapter.path.name)
-    names = [adapter.path.name for adapter in opened]
     model.eval()
-    return model, tokenizer, names
+    return model, [adapter.path.name for adapter in adapters]
 
 
 def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | None = None,
              max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False,
              data_format: str = "alpaca") -> dict:
     """Scores of every variant on every task, plus the answers, as one JSON-able dict."""
-    for adapter in adapters:  # the door first: a bad adapter is refused before anything is loaded
-        open_adapter(adapter, allow_pickle)
+    opened = [open_adapter(adapter, allow_pickle) for adapter in adapters]  # the door before anything loads
     template_obj = load_template(adapter_template(adapters, template))
     # the data before the model: a bad row is reported in seconds, not after loading 7B weights
     tokenizer = load_base_tokenizer(base)
     tasks = [load_task(path, tokenizer, template_obj, limit, data_format) for path in data]
-    model, _, names = load_model_with_adapters(base, adapters, allow_pickle)
+    model, names = load_model(base, opened)
     results = {"base_model": base, "template": template_obj.name, "variants": [BASE, *names], "tasks": {}}
     for task in tasks:
         entry = {"path": shown_path(task.path), "rows": len(task.references), "references": task.references,
