@@ -16,7 +16,7 @@ from training.model.load import add_lora, keep_cpu_4bit_weights_differentiable, 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-NF4 = QuantizationSettings(bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto")
+NF4 = QuantizationSettings(bits=4, quant_type="nf4", double_quant=True, compute_dtype="float32")
 NF4_EMBEDDINGS = replace(NF4, embeddings="4bit")
 CPU = torch.device("cpu")
 FAMILY_NAMES = ("llama2", "mistral", "falcon")

@@ -72,9 +72,20 @@ def test_wrong_family_or_target_is_named(tiny_model_dirs):
         add_lora(load_base_model(model_settings, NF4, False, CPU), replace(lora, target_modules=("dense", "q_proj")), 4)
 
 
-def test_compute_dtype_is_float32_on_cpu_unless_asked():
+def test_compute_dtype_on_cpu_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, tmp_path):
+    from training.model import load
+
+    assert load.cpu_has_native_bf16({"avx2", "avx512_bf16"}) and load.cpu_has_native_bf16({"amx_bf16"})
+    assert not load.cpu_has_native_bf16({"avx2", "avx512f"}) and not load.cpu_has_native_bf16(set())
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n", encoding="utf-8")
+    assert load.cpu_flags(str(cpuinfo)) >= {"avx512f", "avx512_bf16"}
+    assert load.cpu_flags(str(tmp_path / "absent")) == set()  # not Linux: nothing assumed
+    monkeypatch.setattr(load, "cpu_flags", lambda: {"avx2"})
     assert compute_dtype("auto", CPU) == torch.float32
-    assert compute_dtype("bfloat16", CPU) == torch.bfloat16
+    monkeypatch.setattr(load, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert compute_dtype("auto", CPU) == torch.bfloat16
+    assert compute_dtype("float32", CPU) == torch.float32 and compute_dtype("bfloat16", CPU) == torch.bfloat16
 
 
 def test_an_evaluation_pass_on_cpu_does_not_break_later_gradients(tiny_model_dirs):

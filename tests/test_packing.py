@@ -8,6 +8,7 @@ with either collator or with the trainer's loss.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def trainers(tiny_model_dirs, repo_root, tmp_path_factory):
                 if "lora_B" in name:
                     param.normal_(std=0.05)
         batching = choose_batching(True, family, tokenizer.pad_token_id)
-        dtype = compute_dtype("auto", device)
+        dtype = compute_dtype(config.quantization.compute_dtype, device)
         trainer = build_trainer(config, model, tokenizer, data, device, dtype, [], batching)
         built[family] = (trainer, encoded_rows(tokenizer, template))
     return built
@@ -157,3 +158,38 @@ def test_packed_batch_without_answers_is_refused():
     rows = [{"input_ids": [1, 2], "labels": [-100, -100]}, {"input_ids": [3], "labels": [3]}]  # 3 starts a row
     with pytest.raises(ValueError, match="no answer token to learn"):
         PackedCollator(pad_token_id=0)(rows)
+
+
+def test_length_grouped_order_pads_less_than_transformers_grouping_and_stays_random():
+    import random
+
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from training.data.batches import LengthGroupedOrder, padding_share
+
+    train = Path(__file__).resolve().parents[1] / "training/datasets/instrucciones-es/train.jsonl"
+    rows = [json.loads(line) for line in train.open(encoding="utf-8")]
+    approximate = [len(r["instruction"] + r.get("input", "") + r["output"]) // 4 + 40 for r in rows]  # tokens
+    lengths = random.Random(0).sample(approximate, 128)
+    order = LengthGroupedOrder(lengths, 4, seed=3)
+    epochs = [list(order), list(order)]  # two passes: two epochs
+    assert all(sorted(e) == list(range(128)) for e in epochs) and epochs[0] != epochs[1]
+    assert LengthGroupedOrder(lengths, 4, seed=3).order(0) == epochs[0]  # seeded
+    assert max(lengths[i] for i in epochs[0][:4]) == max(lengths)  # the longest batch first
+    ours = sum(padding_share(lengths, LengthGroupedOrder(lengths, 4, s).order(0), 4) for s in range(5)) / 5
+    grouped = [get_length_grouped_indices(lengths, 4, generator=torch.Generator().manual_seed(s)) for s in range(5)]
+    theirs = sum(padding_share(lengths, order, 4) for order in grouped) / 5
+    assert ours < 0.06 and ours < theirs / 2, (ours, theirs)  # measured: 4.0 % vs 12.2 %
+
+
+def test_the_trainer_orders_padded_batches_with_length_grouped_order(trainers):
+    from training.data.batches import LengthGroupedOrder
+    from training.trainer.build import Trainer
+
+    trainer, _ = next(iter(trainers.values()))
+    assert isinstance(trainer, Trainer)
+    trainer.args.train_sampling_strategy = "group_by_length"
+    try:
+        assert isinstance(trainer._get_train_sampler(), LengthGroupedOrder)
+    finally:
+        trainer.args.train_sampling_strategy = "random"

@@ -34,6 +34,9 @@ QUESTIONS = [
     ("Resume el artículo 71 de la Constitución.", "La naturaleza tiene derecho a que se respete su existencia."),
 ]
 FAST = [
+    # float32: these tests compare trained and reloaded models to 1e-4; `auto` would pick bf16 autocast on CPUs
+    # with native bf16 (test_bf16_autocast_trains_on_the_cpu covers that path)
+    "quantization.compute_dtype=float32",
     "training.batch_size=4",
     "training.grad_accumulation=1",
     "training.learning_rate=0.003",
@@ -271,3 +274,46 @@ def test_save_dtype_bfloat16_halves_the_adapter_and_still_reloads(tiny_model_dir
         expected = capture.model.eval()(input_ids=ids).logits
         got = reloaded.eval()(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)  # bf16 rounding of the LoRA factors
+
+
+@pytest.mark.parametrize("bits", [4, 16])
+def test_bf16_autocast_trains_on_the_cpu(bits, tiny_model_dirs, train_file, tmp_path):
+    """compute_dtype bfloat16 on the CPU (what `auto` picks where the CPU has AMX/AVX512-BF16): the trainer
+    autocasts, the 4-bit compute dtype follows, the LoRA weights stay float32, and the loss goes down."""
+    config = make_config(tmp_path, "llama2", tiny_model_dirs["llama2"], train_file, "training.max_steps=8",
+                         "quantization.compute_dtype=bfloat16", f"quantization.bits={bits}")
+    capture = Capture()
+    output = train(config, callbacks=[capture])
+    metrics = read_record(output).data["metrics"]
+    assert metrics["train_loss"] < metrics["train_loss_first"] - 0.05, metrics
+    lora = {n: p for n, p in capture.model.named_parameters() if p.requires_grad}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    linear = capture.model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj").base_layer
+    if bits == 4:
+        assert linear.compute_dtype == torch.bfloat16
+    else:
+        assert linear.weight.dtype == torch.bfloat16  # frozen 16-bit base in bf16: no fp32 copy, no per-step cast
+    assert {t.dtype for t in load_file(output / "adapter_model.safetensors").values()} == {torch.float32}
+
+
+def test_gradient_checkpointing_auto_follows_the_estimate_against_free_memory(tiny_model_dirs, train_file, tmp_path):
+    from training.model.checkpointing import decide_checkpointing, peak_without_checkpointing
+
+    cpu = torch.device("cpu")
+    config = make_config(tmp_path, "llama2", tiny_model_dirs["llama2"], train_file,
+                         "training.gradient_checkpointing=auto")
+    peak = peak_without_checkpointing(config, 256, 0.4, torch.float32, cpu)
+    assert 0 < peak < 2 * 1024**3  # a tiny model
+    roomy = decide_checkpointing(config, 256, 0.4, torch.float32, cpu, free_bytes=10 * peak)
+    tight = decide_checkpointing(config, 256, 0.4, torch.float32, cpu, free_bytes=peak)
+    assert not roomy.enabled and "off" in roomy.note and "GiB free on cpu" in roomy.note
+    assert tight.enabled and "to fit" in tight.note
+    # a longer row or a bigger batch needs more: the estimate is the run's own
+    assert peak_without_checkpointing(config, 1024, 0.4, torch.float32, cpu) > peak
+    forced = make_config(tmp_path / "f", "llama2", tiny_model_dirs["llama2"], train_file,
+                         "training.gradient_checkpointing=true")
+    assert decide_checkpointing(forced, 256, 0.4, torch.float32, cpu, free_bytes=10 * peak).enabled
+    # through train(): the decision is logged in the record's metrics
+    output = train(make_config(tmp_path / "t", "llama2", tiny_model_dirs["llama2"], train_file,
+                               "training.max_steps=1", "training.gradient_checkpointing=auto"))
+    assert read_record(output).data["metrics"]["gradient_checkpointing"] is False  # 24 GiB hold a tiny model

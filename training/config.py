@@ -107,7 +107,7 @@ class TrainingSettings:
     save_total_limit: int
     keep_checkpoints: bool
     early_stopping_patience: int | None
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool | str  # true, false or "auto" (training/model/checkpointing.py)
     packing: bool | str  # true, false or "auto"
     report_to: str
 

@@ -15,6 +15,7 @@ From Python: `train(load_config(path, overrides), replace=False) -> Path` of the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from training.adapters.record import trained_record
 from training.config import RunConfig, describe_keys, load_config
 from training.data.batches import choose_batching
 from training.data.prepare import prepare_data
+from training.model.checkpointing import decide_checkpointing
 from training.model.load import add_lora, compute_dtype, load_base_model, load_tokenizer, training_device
 from training.model.stacking import stack_frozen_adapter
 from training.templates import load_template
@@ -86,15 +88,20 @@ def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
         + f"{data.record['answer_tokens']} answer tokens of {data.record['tokens']}"
     )
     device = training_device()
+    dtype = compute_dtype(config.quantization.compute_dtype, device)
+    checkpointing = decide_checkpointing(config, max(len(ids) for ids in data.train["input_ids"]),
+                                         data.record["answer_tokens"] / max(1, data.record["tokens"]), dtype, device)
+    _say(checkpointing.note)
+    config = dataclasses.replace(
+        config, training=dataclasses.replace(config.training, gradient_checkpointing=checkpointing.enabled))
     set_seed(config.training.seed)  # before LoRA init, so a seed gives the same adapter
-    model = load_base_model(config.model, config.quantization, config.training.gradient_checkpointing, device)
+    model = load_base_model(config.model, config.quantization, checkpointing.enabled, device)
     stacked_on = None
     if config.lora.stack_on is not None:
         stacked_on = stack_frozen_adapter(model, config.lora.stack_on_path)
         _say(f"training on top of {config.lora.stack_on} (frozen, {stacked_on['modules']} layers)")
     model = add_lora(model, config.lora, config.quantization.bits)
     model.config.pad_token_id = tokenizer.pad_token_id
-    dtype = compute_dtype(config.quantization.compute_dtype, device)
     batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id, device.type)
     _say(batching.note)
     stop = CheckpointOnSignal()
@@ -109,6 +116,7 @@ def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
     metrics = final_metrics(trainer, data, started) | {
         "resumed_from": checkpoint and Path(checkpoint).name,
         "packed": batching.packed,
+        "gradient_checkpointing": checkpointing.enabled,
     }
     record = trained_record(config, template, data.record, metrics, trainer.model.config, stacked_on)
     return save_adapter(trainer, config, record, replace)

@@ -20,6 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer import utils as trl_utils
 
 from training.config import RunConfig, TrainingSettings
+from training.data.batches import LengthGroupedOrder
 from training.model.load import GRADIENT_CHECKPOINTING_KWARGS, use_fp32_adapter_weights
 from training.trainer.progress import TrainingProgress
 
@@ -29,7 +30,7 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
     args = sft_config(config.training, config.work_dir, device, dtype, data.eval is not None, batching.packed)
     score_trained_positions_only()  # the LM head skips prompt and padding positions (see below)
     stopping = [EarlyStoppingCallback(config.training.early_stopping_patience)] if args.load_best_model_at_end else []
-    trainer = SFTTrainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -42,6 +43,17 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TrainingProgress())
     return trainer
+
+
+class Trainer(SFTTrainer):
+    """TRL's SFTTrainer with our row order for padded batches (training/data/batches.py: LengthGroupedOrder)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return LengthGroupedOrder(lengths, self.args.per_device_train_batch_size, self.args.data_seed or self.args.seed)
 
 
 def checkpoint_to_resume(config: RunConfig) -> str | None:
@@ -96,7 +108,8 @@ def sft_config(
         seed=training.seed,
         train_sampling_strategy="random" if packed else "group_by_length",
         data_seed=training.seed,
-        bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        # autocast: bf16 on GPUs and on CPUs with native bf16 (training/model/load.py: compute_dtype)
+        bf16=dtype == torch.bfloat16,
         fp16=device.type == "cuda" and dtype == torch.float16,
         use_cpu=device.type == "cpu",
         gradient_checkpointing=training.gradient_checkpointing,
