@@ -28,7 +28,8 @@ their order reverses every other round, so a load change on the shared machine h
 run: answer tokens per second (the sample's answer tokens, counted once with our tokenizer,
 over the seconds from the first step's start to the last step's end; setup not counted),
 answer tokens per CPU-second (user + system time of the process over the same span), the
-held-out answer loss (our evaluator on test.jsonl, dropout off), the peak RSS of the process,
+held-out answer loss (our evaluator on test.jsonl, dropout off), the peak RSS of the process
+up to the end of training (loading and training; the evaluation after it is not counted),
 and the padding share of the tokens computed. The last line is one JSON object with
 `ratio_ours_over_trl_paired`, `ratio_ours_over_webui_paired` and `ratio_ours4bit_over_trl4bit`
 (geometric means of the per-round ratios). Not a test.
@@ -215,6 +216,7 @@ class Meter:
 
     def stop(self) -> None:
         self.seconds, self.cpu_seconds = time.perf_counter() - self.started, _cpu_seconds() - self.cpu_started
+        self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # loading + training, not eval
 
 
 def _cpu_seconds() -> float:
@@ -379,7 +381,7 @@ def child(args) -> int:
         "arm": arm, "seconds": meter.seconds, "cpu_seconds": meter.cpu_seconds, "steps": args.rows // args.batch,
         "answer_tokens": answer_tokens, "answer_tokens_per_s": answer_tokens / meter.seconds,
         "answer_tokens_per_cpu_s": answer_tokens / meter.cpu_seconds, "heldout_loss": loss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": meter.peak_rss_mb,
         "padding_share": 1 - meter.real / meter.computed if meter.computed else 0.0, "settings": settings,
     }))
     return 0

@@ -10,6 +10,7 @@ import torch
 import transformers.models.falcon.modeling_falcon as modeling_falcon
 from torch import nn
 
+from training.adapters.folder import read_adapter_config
 from training.config import LoraSettings, ModelSettings, QuantizationSettings
 from training.families import FAMILIES
 from training.model.load import add_lora, check_adapted_layers, compute_dtype, load_base_model, load_tokenizer
@@ -118,3 +119,45 @@ def test_a_missing_base_model_says_how_to_fix_it(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="not a local model folder, and the hub did not provide it"):
         load_tokenizer(missing)
+
+
+def test_shared_lora_dropout_draws_once_per_input_and_leaves_the_adapter_as_peft_makes_it(tiny_model_dirs, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    from training.model.dropout import SharedDropout, share_lora_dropout
+
+    model_settings, lora = settings("llama2", tiny_model_dirs["llama2"])
+    torch.manual_seed(0)
+    plain = add_lora(load_base_model(model_settings, replace(NF4, compute_dtype="float32"), False, CPU),
+                     replace(lora, dropout=0.5), 4)
+    torch.manual_seed(0)
+    shared = add_lora(load_base_model(model_settings, replace(NF4, compute_dtype="float32"), False, CPU),
+                      replace(lora, dropout=0.5), 4)
+    assert share_lora_dropout(shared) > 0
+    attention = shared.base_model.model.model.layers[0].self_attn
+    q, k, o = (getattr(attention, name).lora_dropout["default"] for name in ("q_proj", "k_proj", "o_proj"))
+    assert all(isinstance(d, SharedDropout) and d.p == 0.5 for d in (q, k, o))
+    x = torch.randn(2, 5, 64)
+    q.train(), k.train(), o.train()
+    dropped = q(x)
+    assert k(x) is dropped  # the same input: one draw for q, k and v
+    zeros = (dropped == 0).float().mean().item()
+    assert 0.3 < zeros < 0.7 and torch.allclose(dropped[dropped != 0], (x * 2)[dropped != 0])  # Dropout(0.5) of x
+    assert o(x.clone()) is not dropped  # another tensor: its own draw
+    # eval mode (inference, the webui): identical to PEFT's
+    ids = torch.tensor([[1, 5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(shared.eval()(input_ids=ids).logits, plain.eval()(input_ids=ids).logits)
+    # the saved adapter: the same tensors and config as PEFT makes them
+    assert get_peft_model_state_dict(shared).keys() == get_peft_model_state_dict(plain).keys()
+    shared.save_pretrained(tmp_path / "a")
+    assert read_adapter_config(tmp_path / "a")["lora_dropout"] == 0.5
+    # outside autocast a bf16 input still reaches the fp32 adapter through PEFT's cast
+    layer = attention.q_proj
+    with torch.no_grad():
+        assert layer(x.bfloat16().float()).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared.train()
+        loss = shared(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in shared.named_parameters() if p.requires_grad and "lora_A" in n)

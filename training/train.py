@@ -28,6 +28,7 @@ from training.config import RunConfig, describe_keys, load_config
 from training.data.batches import choose_batching
 from training.data.prepare import prepare_data
 from training.model.checkpointing import decide_checkpointing
+from training.model.dropout import share_lora_dropout
 from training.model.load import add_lora, compute_dtype, load_base_model, load_tokenizer, training_device
 from training.model.stacking import stack_frozen_adapter
 from training.templates import load_template
@@ -101,6 +102,7 @@ def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
         stacked_on = stack_frozen_adapter(model, config.lora.stack_on_path)
         _say(f"training on top of {config.lora.stack_on} (frozen, {stacked_on['modules']} layers)")
     model = add_lora(model, config.lora, config.quantization.bits)
+    share_lora_dropout(model)  # one dropout draw per input, no fp32 copies under autocast (training/model/dropout.py)
     model.config.pad_token_id = tokenizer.pad_token_id
     batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id, device.type)
     _say(batching.note)
