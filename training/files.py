@@ -241,13 +241,15 @@ def use_default_permissions(folder: Path) -> None:
 
     mkdtemp makes the temporary folder private (0700) and safetensors writes its files 0600,
     but an adapter or model folder is meant to be copied into a webui that may run as another user.
+    Programs (a file its owner may execute, like llama.cpp's binaries) stay executable.
     """
     umask = os.umask(0)
     os.umask(umask)
     for root, _dirs, files in os.walk(folder):
         Path(root).chmod(0o777 & ~umask)
         for name in files:
-            (Path(root) / name).chmod(0o666 & ~umask)
+            path = Path(root) / name
+            path.chmod((0o777 if path.stat().st_mode & 0o100 else 0o666) & ~umask)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -5,7 +5,9 @@ Start the webui with `--extensions spanish_ft`; the extension's tab has three pa
   the loaded base model fits it, applies its instruction template, preset and instruct
   mode in the webui's own controls ("Aplicar perfil", or on its own after the LoRA menu's
   Apply), and guards against loading several adapters at once (the webui cannot combine
-  them), offering the fused adapter or an exact fusion of the selection.
+  them), offering the fused adapter or an exact fusion of the selection; "Exportar a GGUF"
+  merges the active adapter into its base as a GGUF file for the llama.cpp loader, and a GGUF
+  model exported so gets its profile when loaded.
 - Comparar: one question answered by the base model and each adapter of its family.
 - Memoria: memory needed for inference and training, as `python -m training memory`.
 

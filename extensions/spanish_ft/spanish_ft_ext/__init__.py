@@ -8,9 +8,10 @@ webui's Python (besides the `training` package that install.py copies beside it)
     guard.py        the multi-adapter guard and the exact fusion it offers
     compare.py      one question answered by the base model and each adapter of its family
     memory.py       the memory table, from training.memory's estimator
+    gguf.py         "Exportar a GGUF" (the export in a subprocess) and recognising an exported GGUF model
     startup.py      console checks at start-up and before each generation
     ui.py           the extension's tab, made of:
-      adapter_tab.py  "Adaptador": status, profile, guard (widgets and handlers)
+      adapter_tab.py  "Adaptador": status, profile, guard, GGUF export (widgets and handlers)
       compare_tab.py  "Comparar": side-by-side answers, Markdown export
       memory_tab.py   "Memoria": the memory calculator
 Importing this package imports nothing: the modules are imported by the hooks that use them.

