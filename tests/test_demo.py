@@ -41,7 +41,7 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     leyes = read_record(loras / "smollm2-135m-leyes-ec").data  # trained on top of instrucciones, with replay
     assert leyes["stacked_on"]["path"] == str(loras / "smollm2-135m-instrucciones")
     assert leyes["dataset"]["replay"]["rows"] == 100
-    assert results["variants"] == ["base", "smollm2-135m-instrucciones", "smollm2-135m-leyes-ec", "smollm2-135m-fusionado"]
+    assert results["variants"] == ["base", *(f"smollm2-135m-{t}" for t in ("instrucciones", "leyes-ec", "fusionado"))]
     assert set(results["tasks"]) == {"instrucciones-es", "leyes-ec"}
     assert "citation_accuracy" in results["tasks"]["leyes-ec"]["scores"]["smollm2-135m-fusionado"]
     report = tmp_path / "demo" / "report"
@@ -75,20 +75,24 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
 
 def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
     from training.config import load_config
-    from training.demo.run import BUNDLE, RECIPES, stale_reason
+    from training.demo.run import BUNDLE, DEMO_SPEC
     from training.files import sha256_file
+    from training.pipeline.steps import stale_reason
 
     def config(*overrides):
-        return load_config(BUNDLE / RECIPES["leyes-ec"], ["base_model=m", "output_dir=o", *overrides])
+        return load_config(BUNDLE / DEMO_SPEC.recipes["leyes-ec"], ["base_model=m", "output_dir=o", *overrides])
 
     trained = config()
     record = {"config": trained.as_dict(),
               "dataset": {"sha256_of": "file", "sha256": sha256_file(BUNDLE / trained.data.train)}}
     assert stale_reason(TrainingRecord(record), config(), None) is None
     # speed/logging knobs do not change the weights: reused
-    assert stale_reason(TrainingRecord(record), config("training.gradient_checkpointing=true", "training.logging_steps=1"), None) is None
-    assert stale_reason(TrainingRecord(record), config("training.learning_rate=0.0001"), None) == "its recipe changed (training.learning_rate)"
-    assert stale_reason(TrainingRecord(record), config("dataset.replay.rows=5"), None) == "its recipe changed (dataset.replay)"
+    def reason(*overrides):
+        return stale_reason(TrainingRecord(record), config(*overrides), None)
+
+    assert reason("training.gradient_checkpointing=true", "training.logging_steps=1") is None
+    assert reason("training.learning_rate=0.0001") == "its recipe changed (training.learning_rate)"
+    assert reason("dataset.replay.rows=5") == "its recipe changed (dataset.replay)"
     # a key the schema gained after that run (its default applied then) does not make it stale
     older = {**record, "config": {**trained.as_dict(), "quantization": {
         k: v for k, v in trained.as_dict()["quantization"].items() if k != "embeddings"}}}

@@ -2,7 +2,7 @@
 
 Bottom to top (README "The map", training/__init__.py): the foundation (config, families,
 templates, files) -> data/, adapters/, memory/, datasets/ (each only over the foundation) ->
-model/ -> trainer/, evaluate/ -> train -> demo/ -> __main__ (which imports one command at a time).
+model/ -> trainer/, evaluate/ -> train -> pipeline/ -> demo/ -> __main__ (which imports one command at a time).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LAYERS = [
     {"training.model"},
     {"training.trainer", "training.evaluate"},
     {"training.train"},
+    {"training.pipeline"},
     {"training.demo"},
     {"training.__main__"},
 ]

@@ -9,14 +9,18 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
     data/          rows read -> conversations -> token ids with answer-only labels -> batches -> prepared splits
     adapters/      adapter folders: the one door every reader passes (folder.py: config allow-list,
                    safetensors header, pickle, names), the training record (record.py: its one home),
-                   card, factors, what fuses exactly, fuse, merge
+                   card, factors, what fuses exactly, fuse, merge, GGUF export for llama.cpp (gguf.py: the
+                   command; gguf_checks, gguf_file, gguf_layout, gguf_vocab; gguf_record.py: its record, torch-free)
     memory/        the memory estimator (torch-free) with its settings dataclass, report + CLI, configs/
     datasets/      the shipped Spanish datasets, citations, validation, article-question derivation
     model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter
     trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, the folders a run
                    claims (locked) and leaves
-    evaluate/      base vs adapters on held-out data: compare, generate, report
+    evaluate/      base vs adapters on held-out data: compare, generate, report, the machine and data it ran on;
+                   across: several families' reports in one (the `compare` command)
     train.py       THE recipe, top to bottom: config -> template -> data -> model -> trainer -> folder
-    demo/          the CPU demo: demo model, adapters, evaluation, side by side, webui install
+    pipeline/      one family end to end: the plan (memory, time, refusal), adapters trained in order, reused
+                   or resumed, fused; evaluation; webui install (the `pipeline` command)
+    demo/          the CPU demo: the pipeline on the demo model, plus its model and the side by side
     __main__.py    one command table; each command's module is imported only when it runs
 """

@@ -1,3 +1,3 @@
-"""The CPU demo, README's first command: the demo model (model), adapters, evaluation and the
-side-by-side answers (run), and the optional webui install (webui).
+"""The CPU demo, README's first command: the pipeline (training/pipeline/) run on the demo model,
+plus the model itself (model) and the side-by-side answers (run).
 """

@@ -4,12 +4,16 @@ For every held-out split (a task) and every variant (the base model with adapter
 then each adapter): the answer loss and perplexity (answer tokens only, prompts rendered by
 the adapters' instruction template exactly as the webui renders them), greedy answers scored
 with chrF against the references, and for rows that carry a `fuente` (the leyes-ec task) the
-share of answers citing the right norm and article. Rows are alpaca by default; with
+share of answers citing the right norm and article. Losses cover every row; with `--answer-rows N`
+the answers are generated on N rows per split spread evenly over it (the same rows every run),
+since generation takes most of the time. Rows are alpaca by default; with
 `--format messages|sharegpt` each conversation's last (assistant) turn is the reference; a bad
 row stops the evaluation before the model loads, named with its file and line. Writes
 report.md, report.json and a bar chart to --report: a new folder, or a report folder of ours
 with --replace, checked before any model is loaded (training/files.py: check_output). Every adapter
 passes the door of training/adapters/folder.py first; PEFT gets its checked config, never the file.
+report.json also records what `python -m training compare` needs to put runs side by side: the
+machine, each adapter's preset, and the sha256 of the template and of every split.
 
     python -m training evaluate --base models/smollm2-135m \\
         --adapters loras/smollm2-135m-instrucciones loras/smollm2-135m-leyes-ec \\
@@ -19,13 +23,15 @@ passes the door of training/adapters/folder.py first; PEFT gets its checked conf
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import contextlib
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sacrebleu
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from training.adapters.folder import AdapterFolder, load_peft_adapter, open_adapter
 from training.adapters.record import TrainingRecord, read_record
@@ -34,9 +40,10 @@ from training.data.prepare import list_problems
 from training.data.read import DataError, RowError, read_source
 from training.datasets.citations import canonical_article, cites, find_citations
 from training.evaluate.generate import active_variant, answer_loss, generate_answers
+from training.evaluate.machine import adapter_presets, describe_machine
 from training.evaluate.report import REPORT, write_report
-from training.files import BUNDLE_ROOT, check_output, find_bundle_file
-from training.model.load import choose_pad_token
+from training.files import BUNDLE_ROOT, check_output, find_bundle_file, sha256_file
+from training.model.load import choose_pad_token, cpu_has_native_bf16
 from training.templates import load_template
 
 BASE = "base"
@@ -66,12 +73,17 @@ def add_arguments(parser) -> None:
                         help="replace --report if it holds a report made by spanish_ft (never anything else)")
     parser.add_argument("--template", type=Path, help="instruction template (default: the adapters' own)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="answer length cap (default 96)")
-    parser.add_argument("--limit", type=_positive, help="use only the first N rows of each split (quick checks)")
+    parser.add_argument("--limit", type=positive_rows, help="use only the first N rows of each split (quick checks)")
+    parser.add_argument("--answer-rows", type=positive_rows,
+                        help="generate answers (chrF, citations) on N rows per split spread evenly over it; "
+                        "the losses still cover every row (default: answers on every row)")
+    parser.add_argument("--bits", type=int, choices=(16, 4), default=16,
+                        help="base weights on a GPU: 16 (bf16/fp16) or 4 (NF4, for a 7B on a 16 GB card); CPU: fp32")
     parser.add_argument("--samples", type=int, default=3, help="side-by-side sample answers per task")
     parser.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (runs pickle)")
 
 
-def _positive(text: str) -> int:
+def positive_rows(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of rows, 1 or more")
     return int(text)
@@ -83,7 +95,7 @@ def run(args) -> int:
     check_output(args.report, replace=args.replace, what=REPORT, inputs=inputs)
     results = evaluate(args.base, args.adapters, args.data, template=args.template,
                        max_new_tokens=args.max_new_tokens, limit=args.limit, allow_pickle=args.allow_pickle,
-                       data_format=args.format)
+                       data_format=args.format, answer_rows=args.answer_rows, bits=args.bits)
     paths = write_report(results, args.report, samples=args.samples, replace=args.replace)
     print(f"report written: {', '.join(str(p) for p in paths)}")
     return 0
@@ -152,7 +164,7 @@ def citation_scores(texts: list[str], task: TaskData) -> dict:
     recall the article from the topic alone."""
     scores = {}
     groups = {"citation_accuracy": [], "citation_accuracy_named": [], "citation_accuracy_recall": []}
-    for text, source, question in zip(texts, task.sources, task.questions):
+    for text, source, question in zip(texts, task.sources, task.questions, strict=True):
         if not source:
             continue
         hit = cites(text, source)
@@ -185,37 +197,119 @@ def load_model_with_adapters(base: str, adapters: list[Path], allow_pickle: bool
     return model, load_base_tokenizer(base), names
 
 
-def load_model(base: str, adapters: list[AdapterFolder]):
-    """(the base model in full precision with each adapter that passed the door, the adapters' names)."""
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+def load_model(base: str, adapters: list[AdapterFolder], bits: int = 16):
+    """(the base model with each adapter that passed the door, the adapters' names).
+
+    On the CPU the model computes in fp32; on a GPU in its native 16-bit type, or in NF4 with
+    `bits=4` (a 7B in 16 bits does not leave room for generation on a 16 GB card).
+    """
+    if not torch.cuda.is_available():
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    else:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        extra = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)} if bits == 4 else {}
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map={"": 0}, **extra)
     for adapter in adapters:
         model = load_peft_adapter(model, adapter, adapter.path.name)
     model.eval()
     return model, [adapter.path.name for adapter in adapters]
 
 
+def answered_rows(total: int, wanted: int | None) -> list[int]:
+    """The rows whose answers are generated: all, or `wanted` rows spread evenly over the split
+    (0, total/wanted, 2*total/wanted, ...), the same on every run and for every model."""
+    if wanted is None or wanted >= total:
+        return list(range(total))
+    return [i * total // wanted for i in range(wanted)]
+
+
 def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | None = None,
              max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False,
-             data_format: str = "alpaca") -> dict:
-    """Scores of every variant on every task, plus the answers, as one JSON-able dict."""
+             data_format: str = "alpaca", answer_rows: int | None = None, bits: int = 16,
+             bf16_loss: bool = False) -> dict:
+    """Scores of every variant on every task, plus the answers, as one JSON-able dict.
+
+    Losses cover every row (of the first `limit`); answers (chrF, citations, seconds per answer)
+    the rows `answered_rows` picks when `answer_rows` is given. `bf16_loss`: the loss pass under
+    bfloat16 autocast on a CPU that multiplies bf16 natively (the demo's choice; see loss_dtype).
+    """
     opened = [open_adapter(adapter, allow_pickle) for adapter in adapters]  # the door before anything loads
     template_obj = load_template(adapter_template(adapters, template))
     # the data before the model: a bad row is reported in seconds, not after loading 7B weights
     tokenizer = load_base_tokenizer(base)
     tasks = [load_task(path, tokenizer, template_obj, limit, data_format) for path in data]
-    model, names = load_model(base, opened)
-    results = {"base_model": base, "template": template_obj.name, "variants": [BASE, *names], "tasks": {}}
+    model, names = load_model(base, opened, bits)
+    results = {"base_model": base, "template": template_obj.name, "template_sha256": template_obj.sha256,
+               "variants": [BASE, *names], "presets": adapter_presets(adapters), "hardware": describe_machine(),
+               "base_weights": "nf4" if bits == 4 and torch.cuda.is_available() else str(
+                   next(model.parameters()).dtype).removeprefix("torch."), "loss_dtype": loss_dtype(model, bf16_loss),
+               "max_new_tokens": max_new_tokens, "answer_rows": answer_rows, "limit": limit, "tasks": {}}
     for task in tasks:
-        entry = {"path": shown_path(task.path), "rows": len(task.references), "references": task.references,
-                 "questions": [q[-1]["content"] for q in task.questions], "scores": {}, "answers": {}}
-        for variant in tqdm([BASE, *names], desc=f"evaluate {task.name}", unit="variant"):
-            with active_variant(model, None if variant == BASE else variant):
-                scores = answer_loss(model, task.encoded)
-                answers = generate_answers(model, tokenizer, template_obj, task.questions, max_new_tokens)
-            texts = [a.text for a in answers]
-            scores["chrf"] = sacrebleu.corpus_chrf(texts, [task.references]).score
-            scores.update(citation_scores(texts, task))
-            scores["seconds_per_answer"] = sum(a.seconds for a in answers) / max(1, len(answers))
-            entry["scores"][variant], entry["answers"][variant] = scores, texts
-        results["tasks"][task.name] = entry
+        picked = answered_rows(len(task.references), answer_rows)
+        results["tasks"][task.name] = evaluate_task(model, tokenizer, template_obj, task, [BASE, *names],
+                                                    max_new_tokens, picked, bf16_loss)
     return results
+
+
+ROWS_PER_CALL = 8  # rows scored or answered per call: the progress bars move (and estimate the time left) this often
+
+
+def evaluate_task(model, tokenizer, template, task: TaskData, variants: list[str], max_new_tokens: int,
+                  picked: list[int], bf16_loss: bool = False) -> dict:
+    """One split: the loss of every variant on every row, and answers on the `picked` rows."""
+    answered = replace(task, questions=[task.questions[i] for i in picked],
+                       references=[task.references[i] for i in picked], sources=[task.sources[i] for i in picked])
+    entry = {"path": shown_path(task.path), "data_sha256": sha256_file(task.path), "rows": len(task.references),
+             "answered_rows": picked, "references": answered.references,
+             "questions": [q[-1]["content"] for q in answered.questions], "scores": {}, "answers": {}}
+    with tqdm(total=len(variants) * len(task.encoded), desc=f"loss {task.name}", unit="row") as progress:
+        for variant in variants:
+            with active_variant(model, None if variant == BASE else variant), loss_autocast(model, bf16_loss):
+                entry["scores"][variant] = loss_in_steps(model, task.encoded, progress)
+    with tqdm(total=len(variants) * len(picked), desc=f"answers {task.name}", unit="answer") as progress:
+        for variant in variants:
+            answers = []
+            with active_variant(model, None if variant == BASE else variant):
+                for start in range(0, len(picked), ROWS_PER_CALL):
+                    chunk = answered.questions[start:start + ROWS_PER_CALL]
+                    answers += generate_answers(model, tokenizer, template, chunk, max_new_tokens)
+                    progress.update(len(chunk))
+            texts = [a.text for a in answers]
+            scores = entry["scores"][variant]
+            scores["chrf"] = sacrebleu.corpus_chrf(texts, [answered.references]).score
+            scores.update(citation_scores(texts, answered))
+            scores["seconds_per_answer"] = sum(a.seconds for a in answers) / max(1, len(answers))
+            entry["answers"][variant] = texts
+    return entry
+
+
+def loss_dtype(model, bf16_loss: bool) -> str:
+    """What the loss pass computes in: with `bf16_loss`, bfloat16 autocast on a CPU that multiplies bf16
+    natively (AVX512-BF16/AMX: 1.5x faster on the demo model, losses within 0.001 of fp32), else the
+    weights' dtype."""
+    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
+    native = model.device.type == "cpu" and cpu_has_native_bf16()
+    return "bfloat16 autocast" if bf16_loss and native else weights
+
+
+def loss_autocast(model, bf16_loss: bool):
+    if loss_dtype(model, bf16_loss) == "bfloat16 autocast":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_in_steps(model, rows: list, progress) -> dict:
+    """answer_loss over all rows, computed ROWS_PER_CALL rows at a time so that `progress` moves.
+
+    The loss is a sum over answer tokens, so the order of the rows does not change it: batches of
+    rows of similar length carry little padding (on 2 CPU cores this pass costs minutes).
+    """
+    by_length = sorted(rows, key=lambda row: len(row.input_ids))
+    total = tokens = 0
+    for start in range(0, len(by_length), ROWS_PER_CALL):
+        part = answer_loss(model, by_length[start:start + ROWS_PER_CALL])
+        total, tokens = total + part["answer_loss"] * part["answer_tokens"], tokens + part["answer_tokens"]
+        progress.update(len(by_length[start:start + ROWS_PER_CALL]))
+    loss = total / tokens
+    return {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "answer_tokens": tokens}

@@ -34,7 +34,7 @@ def scores_table(task: dict, variants: list[str]) -> str:
 
 def samples_section(task: dict, variants: list[str], samples: int) -> str:
     out = []
-    for i in range(min(samples, task["rows"])):
+    for i in range(min(samples, len(task["questions"]))):
         out.append(f"**Pregunta:** {task['questions'][i]}\n\n**Referencia:** {task['references'][i]}\n")
         out += [f"- *{variant}*: {task['answers'][variant][i] or '(vacía)'}" for variant in variants]
         out.append("")
@@ -51,12 +51,29 @@ def citation_note(scores: dict) -> str:
             "recall the article.\n")
 
 
+def machine_summary(machine: dict) -> str:
+    """One line for reports: 'NVIDIA A10G (22.0 GiB)' or 'Intel Xeon ..., 2 cores, 1 torch thread'."""
+    if machine.get("device") == "cuda":
+        return f"{machine.get('gpu')} ({machine.get('gpu_memory_gib')} GiB)"
+    threads = machine.get("torch_threads")
+    return f"{machine.get('cpu')}, {machine.get('cpu_cores')} cores, {threads} torch thread{'s' * (threads != 1)}"
+
+
+def rows_note(task: dict) -> str:
+    """'63 held-out rows' or '63 held-out rows for the loss, answers on 16 of them (spread evenly)'."""
+    answered = task.get("answered_rows")
+    if answered is None or len(answered) == task["rows"]:
+        return f"{task['rows']} held-out rows"
+    return f"{task['rows']} held-out rows for the loss, answers on {len(answered)} of them (spread evenly)"
+
+
 def render_markdown(results: dict, samples: int = 3) -> str:
     variants = results["variants"]
     parts = [f"# Evaluation: `{results['base_model']}`\n",
-             f"Template `{results['template']}`; greedy answers; loss on answer tokens only.\n"]
+             f"Template `{results['template']}`; greedy answers; loss on answer tokens only."
+             + (f" Run on {machine_summary(results['hardware'])}." if results.get("hardware") else "") + "\n"]
     for name, task in results["tasks"].items():
-        parts += [f"## {name} ({task['rows']} held-out rows, `{task['path']}`)\n", scores_table(task, variants),
+        parts += [f"## {name} ({rows_note(task)}, `{task['path']}`)\n", scores_table(task, variants),
                   citation_note(task["scores"][variants[0]]),
                   "### Samples\n", samples_section(task, variants, samples)]
     return "\n".join(parts)
@@ -73,7 +90,7 @@ def write_chart(results: dict, path: Path) -> None:
             if any(k in results["tasks"][t]["scores"][variants[0]] for t in tasks)]
     figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
     width = 0.8 / len(variants)
-    for axis, key in zip(axes[0], keys):
+    for axis, key in zip(axes[0], keys, strict=True):
         for i, variant in enumerate(variants):
             values = [results["tasks"][t]["scores"][variant].get(key, 0) for t in tasks]
             axis.bar([x + i * width for x in range(len(tasks))], values, width, label=variant)

@@ -1,0 +1,143 @@
+"""The pipeline on tiny models of all three architectures, each with its family's recipes and template:
+both adapters trained in order, fused, evaluated; a second run reuses every step; an interrupted
+training continues from its checkpoint; the plan is printed before anything loads and refused when
+memory does not fit; the three runs compare in one report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from training.__main__ import main
+from training.adapters.record import read_record
+from training.evaluate.across import compare_runs, load_run
+from training.families import FAMILIES
+from training.pipeline import plan
+from training.pipeline.run import EvalSettings, PipelineSettings, family_spec, run_pipeline
+
+TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
+            "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
+QUICK_EVAL = EvalSettings(max_new_tokens=4, limit=3, answer_rows=2)
+
+
+def tiny_settings(family: str, base, out, *overrides: str, **fields) -> PipelineSettings:
+    return PipelineSettings(spec=family_spec(family), out=out, base_model=str(base),
+                            recipe_overrides=[*TINY_RUN, *overrides], evaluation=QUICK_EVAL, **fields)
+
+
+@pytest.fixture(scope="module")
+def family_runs(tiny_model_dirs, tmp_path_factory):
+    """{family: (settings, results)} of one pipeline run per family on its tiny model."""
+    root = tmp_path_factory.mktemp("pipeline")
+    runs = {}
+    for family in ("mistral", "llama2", "falcon"):
+        settings = tiny_settings(family, tiny_model_dirs[family], root / family)
+        runs[family] = settings, run_pipeline(settings)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mistral", "llama2", "falcon"])
+def test_one_command_trains_stacks_fuses_and_evaluates_each_family(family, family_runs):
+    settings, results = family_runs[family]
+    loras = settings.out / "loras"
+    leyes = read_record(loras / f"{family}-leyes-ec").data
+    assert leyes["stacked_on"]["path"] == str(loras / f"{family}-instrucciones")
+    assert leyes["template"]["file"] == FAMILIES[family].template_file
+    fused = read_record(loras / f"{family}-fusionado").data
+    assert fused["kind"] == "fused" and [s["name"] for s in fused["sources"]] == [
+        f"{family}-instrucciones", f"{family}-leyes-ec"]
+    assert results["variants"] == ["base", f"{family}-instrucciones", f"{family}-leyes-ec", f"{family}-fusionado"]
+    saved = json.loads((settings.out / "report" / "report.json").read_text(encoding="utf-8"))
+    assert saved["pipeline"]["family"] == family and saved["hardware"]["device"] == "cpu"
+    assert saved["presets"][f"{family}-fusionado"] == FAMILIES[family].preset
+    leyes_task = saved["tasks"]["leyes-ec"]
+    assert leyes_task["rows"] == 3 and leyes_task["answered_rows"] == [0, 1]  # losses on 3, answers on 2
+    assert len(leyes_task["data_sha256"]) == 64 and len(leyes_task["answers"]["base"]) == 2
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_every_step(family_runs, capsys):
+    settings, _ = family_runs["falcon"]
+    capsys.readouterr()
+    run_pipeline(settings)
+    output = capsys.readouterr().out
+    assert output.count("reused") == 4, output  # two adapters, the fused one, the evaluation
+    assert "with QLoRA" not in output and "fused (exact" not in output  # nothing trained or fused again
+
+
+@pytest.mark.slow
+def test_the_three_runs_compare_in_one_report(family_runs, tmp_path):
+    runs = [load_run(settings.out) for settings, _ in family_runs.values()]
+    paths = compare_runs(runs, tmp_path / "comparison", allow_mismatch=False, samples=2)
+    report = (tmp_path / "comparison" / "report.md").read_text(encoding="utf-8")
+    for family in ("mistral", "llama2", "falcon"):
+        assert f"| {family} | fusionado |" in report and f"- *{family}*:" in report
+        assert FAMILIES[family].preset in report
+    assert [p.name for p in paths] == ["report.md", "report.json", "chart.png"]
+
+
+class InterruptAfterSave(TrainerCallback):
+    """Stops training like Ctrl-C right after the checkpoint of `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_continues_from_its_checkpoint(tiny_model_dirs, tmp_path, monkeypatch, capsys):
+    import training.pipeline.steps as steps
+
+    real_train = steps.train
+    monkeypatch.setattr(steps, "train", lambda config, replace: real_train(
+        config, callbacks=[InterruptAfterSave(2)], replace=replace))
+    settings = tiny_settings("llama2", tiny_model_dirs["llama2"], tmp_path / "run", "training.max_steps=3")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(settings)
+    work = settings.out / "loras" / "llama2-instrucciones.work"
+    assert (work / "checkpoint-2").is_dir() and not (settings.out / "loras" / "llama2-instrucciones").exists()
+
+    monkeypatch.setattr(steps, "train", real_train)
+    run_pipeline(settings)
+    assert "continuing the interrupted training of llama2-instrucciones" in capsys.readouterr().out
+    metrics = read_record(settings.out / "loras" / "llama2-instrucciones").data["metrics"]
+    assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 3
+
+
+def test_the_plan_comes_first_and_a_plan_that_does_not_fit_is_refused(tiny_model_dirs, tmp_path, monkeypatch, capsys):
+    import training.pipeline.run as pipeline_run
+
+    tiny_cpu = plan.Device("cpu", "a small CPU", 1 << 20, 1 << 20)
+    monkeypatch.setattr(plan, "detect_device", lambda gpu_memory_gb=None: tiny_cpu)
+    monkeypatch.setattr(pipeline_run, "train_adapter", lambda *a, **k: pytest.fail("trained before the plan"))
+    settings = tiny_settings("mistral", tiny_model_dirs["mistral"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"step 'train instrucciones' needs about .* GiB on cpu \(a small CPU\), "
+                                         r"0\.0 GiB available.*training\.batch_size.*--force-memory"):
+        run_pipeline(settings)
+    printed = capsys.readouterr().out
+    assert "plan for mistral on cpu" in printed and "train leyes-ec" in printed and "estimated total" in printed
+    assert not settings.out.exists()  # nothing written
+
+    settings.force_memory = True
+    assert run_pipeline(settings, plan_only=True) is None
+    assert "going on anyway (--force-memory)" in capsys.readouterr().out
+
+
+def test_plans_for_the_7b_families_on_16_and_24_gb_gpus(capsys, tmp_path):
+    assert main(["pipeline", "--family", "falcon", "--plan-only", "--gpu-memory", "24",
+                 "--out", str(tmp_path / "f")]) == 0
+    printed = capsys.readouterr().out
+    assert "download tiiuae/falcon-7b" in printed and "assumed for a 24 GB class" in printed
+    train_line = next(line for line in printed.splitlines() if "train instrucciones" in line)
+    assert 5 < float(train_line.split("GiB")[0].split()[-1]) < 12  # QLoRA of a 7B: single-digit GiB
+    # a 7B in 16 bits leaves no room for the evaluation on a 16 GB card: refused, with the fix named
+    assert main(["pipeline", "--family", "mistral", "--plan-only", "--gpu-memory", "16"]) == 1
+    assert "step 'evaluate' needs about" in capsys.readouterr().err
+    assert main(["pipeline", "--family", "mistral", "--plan-only", "--gpu-memory", "16", "--eval-bits", "4"]) == 0
+    assert not (tmp_path / "f").exists()

@@ -1,0 +1,262 @@
+"""`python -m training pipeline --family {mistral,llama2,falcon}`: one family's experiment, end to end.
+
+1. the plan: every step with its estimated peak memory and time (training/pipeline/plan.py),
+   printed before anything is downloaded or loaded; refused when a step does not fit the device;
+2. `instrucciones` trained with QLoRA from training/recipes/<family>-instrucciones.yaml;
+3. `leyes-ec` trained on top of it (lora.stack_on, frozen) from <family>-leyes-ec.yaml;
+4. the two fused exactly into <family>-fusionado (training/adapters/fuse.py);
+5. base vs the three adapters evaluated on the held-out splits: report.md, report.json, chart.png
+   in --out/report, report.json recording the machine, the presets and the data's sha256;
+6. with --webui DIR: the bundle and the three adapters installed into that webui.
+
+Every step reuses its finished output when its inputs are unchanged and continues an interrupted
+training from its last checkpoint (training/pipeline/steps.py). --out (default pipeline-<family>)
+must be new, empty, or a pipeline folder of ours (it holds spanish_ft_output.json); inside it a run
+replaces only its own stale artefacts. Recipe overrides (KEY.PATH=VALUE) apply to both recipes.
+`python -m training compare RUN_DIR...` puts several families' runs into one report.
+
+    python -m training pipeline --family mistral --out runs/mistral
+    python -m training pipeline --family falcon --plan-only --gpu-memory 16 training.batch_size=2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training.config import load_config
+from training.evaluate.compare import evaluate, positive_rows
+from training.evaluate.report import render_markdown, write_report
+from training.files import BUNDLE_ROOT, check_output, own_folder, sha256_file
+from training.memory.arch import architecture_of
+from training.pipeline import plan
+from training.pipeline.steps import FUSED, STACKED_ON, TASKS, adapter_overrides, fuse_once, train_adapter
+from training.pipeline.webui import install_adapters, install_bundle
+
+SPLITS = {"instrucciones": "training/datasets/instrucciones-es/test.jsonl",
+          "leyes-ec": "training/datasets/leyes-ec/test.jsonl"}
+FAMILY_CONFIGS = {"mistral": "mistral-7b", "llama2": "llama2-7b", "falcon": "falcon-7b"}  # training/memory/configs
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a pipeline trains: its recipes, the names of its adapters, the model config for the plan."""
+
+    family: str  # mistral | llama2 | falcon | demo
+    prefix: str  # adapters: <prefix>-instrucciones, <prefix>-leyes-ec, <prefix>-fusionado
+    recipes: dict[str, str]  # task -> recipe, relative to the bundle
+    memory_config: str  # shipped config (training/memory/configs) when the base is not a local folder
+    model_step: str = ""  # what the base model step does, when the caller fetches the model itself
+
+    def adapter_dir(self, out: Path, task: str) -> Path:
+        return out / "loras" / f"{self.prefix}-{task}"
+
+
+def family_spec(family: str) -> PipelineSpec:
+    return PipelineSpec(family, family, {task: f"training/recipes/{family}-{task}.yaml" for task in TASKS},
+                        FAMILY_CONFIGS[family])
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_new_tokens: int = 96
+    limit: int | None = None  # only the first N rows of each split (quick checks, tests)
+    answer_rows: int | None = None  # answers on N rows per split spread evenly (None: every row); losses on all
+    bits: int = 16  # base weights on a GPU: 16 or 4 (NF4); the CPU evaluates in fp32
+    bf16_loss: bool = False  # the loss pass under bf16 autocast on a CPU with native bf16 (the demo)
+
+
+@dataclass
+class PipelineSettings:
+    spec: PipelineSpec
+    out: Path
+    base_model: str | None = None  # default: the recipes' base_model
+    webui: Path | None = None
+    recipe_overrides: list[str] = field(default_factory=list)  # applied to both recipes
+    shipped: dict[str, Path] | None = None  # adapters to use instead of training them (the demo's)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    force_memory: bool = False
+    gpu_memory_gb: float | None = None  # plan for a GPU of this size instead of this machine's device
+    label: str = "pipeline"
+
+    def say(self, message: str) -> None:
+        print(f"[{self.label}] {message}", flush=True)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--family", required=True, choices=sorted(FAMILY_CONFIGS), help="the model family")
+    parser.add_argument("--base", help="base model folder or hub id (default: the family recipes' base_model)")
+    parser.add_argument("--out", type=Path, help="output folder: new, empty, or an earlier run's (default "
+                        "pipeline-<family>)")
+    parser.add_argument("--webui", type=Path, help="also install the bundle and the three adapters into this webui")
+    parser.add_argument("--answer-rows", type=positive_rows,
+                        help="generate answers on N rows per held-out split, spread evenly (default: every row); "
+                        "the losses always cover every row")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="answer length cap (default 96)")
+    parser.add_argument("--eval-bits", type=int, choices=(16, 4), default=16,
+                        help="base weights during the evaluation on a GPU: 16, or 4 (NF4) for a 7B on a 16 GB card")
+    parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    parser.add_argument("--gpu-memory", type=float, metavar="GB", help="with --plan-only: plan for a GPU of GB "
+                        "gigabytes (e.g. 16, 24) instead of this machine's device")
+    parser.add_argument("--force-memory", action="store_true",
+                        help="run even if the plan's memory estimate exceeds the device's free memory")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="recipe overrides for both recipes")
+
+
+def run(args) -> int:
+    if args.gpu_memory is not None and not args.plan_only:
+        raise ValueError("--gpu-memory plans for another GPU: use it with --plan-only")
+    spec = family_spec(args.family)
+    settings = PipelineSettings(
+        spec=spec, out=args.out or Path(f"pipeline-{args.family}"), base_model=args.base, webui=args.webui,
+        recipe_overrides=args.overrides, force_memory=args.force_memory, gpu_memory_gb=args.gpu_memory,
+        evaluation=EvalSettings(max_new_tokens=args.max_new_tokens, answer_rows=args.answer_rows, bits=args.eval_bits))
+    run_pipeline(settings, plan_only=args.plan_only)
+    return 0
+
+
+def run_pipeline(settings: PipelineSettings, plan_only: bool = False) -> dict | None:
+    check_output(settings.out, replace=True, what="pipeline folder")  # before anything loads
+    base = base_model_of(settings)
+    show_plan(settings, plan_steps(settings, base))
+    if plan_only:
+        return None
+    own_folder(settings.out, "pipeline folder")
+    adapters = step_adapters(settings, base)
+    results = step_evaluate(settings, base, adapters)
+    if settings.webui:
+        step_webui(settings, base, adapters)
+    return results
+
+
+def base_model_of(settings: PipelineSettings) -> str:
+    if settings.base_model:
+        return str(settings.base_model)
+    recipe = BUNDLE_ROOT / settings.spec.recipes[TASKS[0]]
+    return load_config(recipe, settings.recipe_overrides).model.base_model
+
+
+def recipe_configs(settings: PipelineSettings, base: str) -> dict:
+    """{task: RunConfig} of the two recipes as this run trains them (folders under --out)."""
+    configs = {}
+    for task in TASKS:
+        under = settings.spec.adapter_dir(settings.out, STACKED_ON[task]) if task in STACKED_ON else None
+        overrides = adapter_overrides(base, settings.spec.adapter_dir(settings.out, task), under,
+                                      settings.recipe_overrides)
+        configs[task] = load_config(BUNDLE_ROOT / settings.spec.recipes[task], overrides)
+    return configs
+
+
+def plan_steps(settings: PipelineSettings, base: str) -> list[plan.PlannedStep]:
+    """The steps of this run, each with its estimated memory and time (nothing is loaded)."""
+    device = plan.detect_device(settings.gpu_memory_gb)
+    model, source = plan.model_config(base, settings.spec.memory_config)
+    params = architecture_of(model).total_params
+    fetch = settings.spec.model_step or (f"{base}, a local folder" if Path(base).is_dir() else
+                                         f"download {base} (~{params * 2 / 1e9:.1f} GB in 16-bit)")
+    configs = recipe_configs(settings, base)
+    steps = [plan.PlannedStep("base model", f"{fetch}; memory estimated from {source}")]
+    if settings.shipped:
+        steps.append(plan.PlannedStep("adapters", "the shipped adapters in loras/, not trained again"))
+    else:
+        for task, config in configs.items():
+            peak, checkpointing = plan.training_memory(config, model, device)
+            seconds, basis = plan.training_time(config, params, device, checkpointing)
+            what = (f"{settings.spec.recipes[task]} -> {config.output_dir}, gradient checkpointing "
+                    f"{'on' if checkpointing else 'off'}")
+            steps.append(plan.PlannedStep(f"train {task}", what, peak, seconds, basis, plan.TRAINING_FIX))
+        steps.append(plan.PlannedStep("fuse", f"exact -> {settings.spec.adapter_dir(settings.out, FUSED)}", None, 2))
+    steps.append(evaluation_step(settings, model, params, device))
+    if settings.webui:
+        steps.append(plan.PlannedStep("webui", f"install the bundle and the adapters into {settings.webui}"))
+    return steps
+
+
+def evaluation_step(settings: PipelineSettings, model: dict, params: int, device) -> plan.PlannedStep:
+    limit, wanted = settings.evaluation.limit, settings.evaluation.answer_rows
+    splits = [_split_rows(split)[:limit] for split in SPLITS.values()]
+    rows = [len(lines) for lines in splits]
+    # the longest held-out row (estimated tokens) plus the answer: the longest sequence a batch holds
+    seq_len = int(max(len(line) for lines in splits for line in lines) / plan.BYTES_PER_TOKEN)
+    seq_len += settings.evaluation.max_new_tokens
+    answered = sum(min(n, wanted or n) for n in rows)
+    seconds, basis = plan.evaluation_time(4 * sum(rows), 4 * answered, params, device, settings.evaluation)
+    what = (f"base + 3 adapters: loss on {sum(rows)} held-out rows, answers on {answered}"
+            + ("" if answered == sum(rows) else f" ({wanted} per split, spread evenly)"))
+    fix = "Evaluate in NF4 with --eval-bits 4" if device.kind == "cuda" and settings.evaluation.bits == 16 else (
+        "The evaluation holds the base model in full precision: free memory, or evaluate on a GPU")
+    return plan.PlannedStep("evaluate", what, plan.evaluation_memory(model, device, seq_len, settings.evaluation.bits),
+                            seconds, basis, fix)
+
+
+def _split_rows(split: str) -> list[bytes]:
+    return [line for line in (BUNDLE_ROOT / split).read_bytes().splitlines() if line.strip()]
+
+
+def show_plan(settings: PipelineSettings, steps: list[plan.PlannedStep]) -> None:
+    """Print the plan, then refuse it if a step does not fit the device (unless --force-memory)."""
+    device = plan.detect_device(settings.gpu_memory_gb)
+    settings.say(plan.render_plan(f"plan for {settings.spec.family}", steps, device))
+    plan.check_fits(steps, device, settings.force_memory)
+
+
+def step_adapters(settings: PipelineSettings, base: str) -> dict[str, Path]:
+    """{task: adapter folder} for instrucciones, leyes-ec and fusionado: shipped, reused or trained."""
+    if settings.shipped:
+        settings.say("adapters: the shipped ones in loras/")
+        return settings.shipped
+    adapters: dict[str, Path] = {}
+    for task in TASKS:
+        out_dir = settings.spec.adapter_dir(settings.out, task)
+        under = adapters.get(STACKED_ON.get(task, ""))
+        overrides = adapter_overrides(base, out_dir, under, settings.recipe_overrides)
+        adapters[task] = train_adapter(BUNDLE_ROOT / settings.spec.recipes[task], out_dir, overrides, under,
+                                       settings.say)
+    adapters[FUSED] = fuse_once([adapters[task] for task in TASKS], settings.spec.adapter_dir(settings.out, FUSED),
+                                settings.say)
+    return adapters
+
+
+def _inputs_digest(base: str, adapters: dict[str, Path], settings: PipelineSettings) -> str:
+    digest = hashlib.sha256(json.dumps([base, asdict(settings.evaluation)]).encode())
+    weights = [adapter / "adapter_model.safetensors" for adapter in adapters.values()]
+    for path in [*weights, *(BUNDLE_ROOT / split for split in SPLITS.values())]:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def step_evaluate(settings: PipelineSettings, base: str, adapters: dict[str, Path]) -> dict:
+    """Base vs the three adapters on the held-out splits, or the report of the same inputs made before."""
+    report_dir = settings.out / "report"
+    digest = _inputs_digest(base, adapters, settings)
+    saved = report_dir / "report.json"
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("inputs_sha256") == digest:
+        settings.say(f"evaluation of the same model, adapters and data already in {report_dir}: reused")
+        results = json.loads(saved.read_text(encoding="utf-8"))
+    else:
+        settings.say("evaluating base vs adapters on the held-out splits")
+        evaluation = settings.evaluation
+        results = evaluate(base, list(adapters.values()), [str(BUNDLE_ROOT / s) for s in SPLITS.values()],
+                           max_new_tokens=evaluation.max_new_tokens, limit=evaluation.limit,
+                           answer_rows=evaluation.answer_rows, bits=evaluation.bits,
+                           bf16_loss=evaluation.bf16_loss)
+        results["inputs_sha256"] = digest
+        results["pipeline"] = {"family": settings.spec.family, "base_model": base,
+                               "recipes": settings.spec.recipes, "overrides": settings.recipe_overrides,
+                               "adapters": {task: path.name for task, path in adapters.items()}}
+        write_report(results, report_dir, replace=True)
+    print(render_markdown(results, samples=0))
+    settings.say("report: " + ", ".join(str(p) for p in (report_dir / "report.md", report_dir / "chart.png")
+                                        if p.is_file()))
+    return results
+
+
+def step_webui(settings: PipelineSettings, base: str, adapters: dict[str, Path]) -> Path:
+    """Install the bundle and the adapters this run trained into the webui; return its data folder."""
+    data_dir = install_bundle(settings.webui)
+    install_adapters(data_dir, list(adapters.values()))
+    settings.say(f"webui ready: cd {settings.webui} && python server.py --extensions spanish_ft, then load "
+                 f"{base} and the LoRA {adapters[FUSED].name} (instruct mode)")
+    return data_dir
