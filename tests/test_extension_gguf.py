@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "extensions" / "spanish_ft"))
 from spanish_ft_ext import gguf as ext_gguf  # noqa: E402
 from spanish_ft_ext.profile import WebuiPaths, resolve_profile  # noqa: E402
 
-from training.adapters.gguf_record import read_gguf_record, record_path  # noqa: E402
+from training.adapters.gguf.record import read_gguf_record, record_path  # noqa: E402
 from training.families import FAMILIES  # noqa: E402
 
 TEMPLATES = sorted(p.stem for p in (ROOT / "instruction-templates").glob("*.yaml"))

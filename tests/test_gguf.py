@@ -24,9 +24,9 @@ from test_fuse import load_base, make_adapter, relative_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.__main__ import main
-from training.adapters import gguf as export
-from training.adapters.gguf import export_gguf
-from training.adapters.gguf_record import METADATA_KEYS, read_gguf_record, record_path
+from training.adapters.gguf import export
+from training.adapters.gguf.export import export_gguf
+from training.adapters.gguf.record import METADATA_KEYS, read_gguf_record, record_path
 from training.families import FAMILIES
 from training.files import sha256_file
 from training.templates import load_template
@@ -194,7 +194,7 @@ def test_no_disk_space_is_refused_before_loading(adapter_of, tmp_path, monkeypat
 
 
 def test_quantize_types_without_llama_quantize_say_what_to_install(adapter_of, tmp_path, monkeypatch):
-    from training.adapters import llamacpp
+    from training.adapters.gguf import llamacpp
 
     monkeypatch.setattr(llamacpp, "find_binary", lambda name: None)
     monkeypatch.setattr(export, "load_merged", lambda *a: pytest.fail("the model was loaded"))
@@ -269,7 +269,7 @@ def test_llama_quantize_types_go_through_an_f16_file_that_is_removed(adapter_of,
     fake.parent.mkdir()
     fake.write_text(f'#!/bin/sh\necho "$@" > {calls}\ncp "$1" "$2"\n')
     fake.chmod(0o755)
-    from training.adapters import llamacpp
+    from training.adapters.gguf import llamacpp
 
     monkeypatch.setattr(llamacpp, "find_binary", lambda name: fake)
     out = export_gguf(adapter_of["falcon"], tmp_path / "out" / "falcon-q4_k_m.gguf", "q4_k_m")
@@ -302,7 +302,7 @@ def test_a_missing_template_or_an_unknown_tokenizer_is_refused_before_loading(ad
     monkeypatch.setattr(export, "load_merged", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match=r"instruction template .*no-existe.yaml .* not found .*--template"):
         export_gguf(adapter, tmp_path / "x.gguf")
-    from training.adapters import gguf_vocab
+    from training.adapters.gguf import vocab as gguf_vocab
 
     monkeypatch.setattr(gguf_vocab, "PRE_BY_STEPS", {})  # a byte-level tokenizer llama.cpp has no regex for
     with pytest.raises(ValueError, match=r"no pre-tokenizer known to match this tokenizer's steps \(ByteLevel\)"):

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import pytest
 
-from training.adapters import llamacpp
-from training.adapters.llamacpp import ENV_DIR, cache_root, find_binary, missing_binary_help
+from training.adapters.gguf import llamacpp
+from training.adapters.gguf.llamacpp import ENV_DIR, cache_root, find_binary, missing_binary_help
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def reference(demo_model) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def gguf_files(demo_model, tmp_path_factory) -> dict[str, Path]:
-    from training.adapters.gguf import export_gguf
+    from training.adapters.gguf.export import export_gguf
 
     out = tmp_path_factory.mktemp("gguf")
     return {kind: export_gguf(FUSED, out / f"smollm2-fusionado-{kind}.gguf", kind, base=str(demo_model))

@@ -9,11 +9,12 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
     data/          rows read -> conversations -> token ids with answer-only labels -> batches -> prepared splits
     adapters/      adapter folders: the one door every reader passes (folder.py: config allow-list,
                    safetensors header, pickle, names), the training record (record.py: its one home),
-                   card, factors, what fuses exactly, fuse, merge, GGUF export for llama.cpp (gguf.py: the
-                   command; gguf_checks, gguf_file, gguf_layout, gguf_vocab; gguf_record.py: its record, torch-free)
+                   card, factors, what fuses exactly, fuse, merge, and gguf/: the merged model as a GGUF file
+                   for llama.cpp (export, checks, writer, layout, vocab, record; llamacpp: its binaries)
     memory/        the memory estimator (torch-free) with its settings dataclass, report + CLI, configs/
     datasets/      the shipped Spanish datasets, citations, validation, article-question derivation
-    model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter
+    model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter, LoRA dropout
+                   drawn once per input, gradient checkpointing `auto`
     trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, the folders a run
                    claims (locked) and leaves
     evaluate/      base vs adapters on held-out data: compare, generate, report, the machine and data it ran on;

@@ -5,7 +5,7 @@ merges a model and must not run inside the webui's process (memory, torch thread
 refusal there leaves the webui as it was. It runs only where the bundle's `training` package (the
 copy install.py puts beside the extension, or a checkout) has the export module and the `gguf`
 package is installed; otherwise `export_blocker` says, in Spanish, the command to run by hand.
-An exported file carries its record `FILE.gguf.json` (training/adapters/gguf_record.py): its family,
+An exported file carries its record `FILE.gguf.json` (training/adapters/gguf/record.py): its family,
 template and preset become an `AdapterInfo`, so the profile logic treats a loaded GGUF model like
 an active adapter. No webui needed:
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.adapters.gguf_record import METADATA_KEYS, read_gguf_record
+from training.adapters.gguf.record import METADATA_KEYS, read_gguf_record
 
 from .adapters import AdapterInfo
 
@@ -51,7 +51,7 @@ def export_blocker(adapter: str, out: Path, gguf_type: str) -> str:
     """Why the webui cannot run the export ('' when it can), with the command to run by hand, in Spanish."""
     root = training_root()
     missing = []
-    if root is None or not (root / "training" / "adapters" / "gguf.py").is_file():
+    if root is None or not (root / "training" / "adapters" / "gguf" / "__main__.py").is_file():
         missing.append("el módulo de exportación de spanish_ft (vuelve a instalar: python install.py --webui ...)")
     if importlib.util.find_spec("gguf") is None:
         missing.append("el paquete gguf (pip install gguf)")

@@ -1,11 +1,11 @@
 """The checks of `export-gguf` that need no weights, run before the base model is loaded.
 
 In this order, so that a refusal costs seconds: the type; the output file(s) (new, or an earlier
-export with --replace: gguf_record.py; writable, apart from the inputs: training/files.py);
+export with --replace: record.py; writable, apart from the inputs: training/files.py);
 llama-quantize for the types it makes; the adapter through the door (folder.py); its base
 (merge.py: --base, the record, adapter_config.json; never a quantised checkpoint); the adapter's
-family against the base's architecture; the architecture against what gguf_layout.py writes; the
-tokenizer against what gguf_vocab.py writes; the instruction template for the chat template;
+family against the base's architecture; the architecture against what layout.py writes; the
+tokenizer against what vocab.py writes; the instruction template for the chat template;
 free disk space for the file (its size computed from the base's config on the meta device, and
 the f16 file llama-quantize reads); RAM for the merge (merge.py's estimate and check).
 """
@@ -22,9 +22,9 @@ import psutil
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from training.adapters import gguf_layout, gguf_vocab
 from training.adapters.folder import AdapterFolder, open_adapter
-from training.adapters.gguf_record import QUANTIZE_TYPES, check_output_file, check_type
+from training.adapters.gguf import layout, vocab
+from training.adapters.gguf.record import QUANTIZE_TYPES, check_output_file, check_type
 from training.adapters.merge import GIB, check_memory, memory_needed_bytes, refuse_quantized_base, resolve_base
 from training.adapters.record import TrainingRecord, read_record
 from training.families import FAMILIES, family_of_model_type
@@ -93,10 +93,10 @@ def check_inputs(settings: ExportSettings) -> Inputs:
     config = AutoConfig.from_pretrained(base)
     refuse_quantized_base(config, base)
     check_family(adapter, record, config, base)
-    arch = gguf_layout.gguf_architecture(config)
+    arch = layout.gguf_architecture(config)
     family = record.family or family_of_model_type(config.model_type)
     tokenizer = load_tokenizer(settings.adapter, base)
-    gguf_vocab.check_tokenizer(tokenizer, config.vocab_size)
+    vocab.check_tokenizer(tokenizer, config.vocab_size)
     chat_template = chat_template_source(settings.template, record, family)
     check_disk(settings, config, outputs)
     load_dtype = base_load_dtype(settings, config)
@@ -131,7 +131,7 @@ def chat_template_source(template: Path | None, record: TrainingRecord, family: 
 
 
 def find_llama_quantize(gguf_type: str) -> Path:
-    from training.adapters.llamacpp import find_binary, missing_binary_help
+    from training.adapters.gguf.llamacpp import find_binary, missing_binary_help
 
     binary = find_binary("llama-quantize")
     if binary is None:
@@ -153,7 +153,7 @@ def check_disk(settings: ExportSettings, config, outputs: list[Path]) -> None:
     """Refuse when a folder that receives the file has not room for it (plus the f16 file llama-quantize reads)."""
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
-    written = gguf_layout.estimated_file_bytes(meta, settings.written_type) + DISK_MARGIN_BYTES
+    written = layout.estimated_file_bytes(meta, settings.written_type) + DISK_MARGIN_BYTES
     needed = written * (2 if settings.gguf_type in QUANTIZE_TYPES else 1)  # f16 + the quantized file, at worst
     for out in outputs:
         folder = existing_ancestor(out.parent)

