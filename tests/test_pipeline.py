@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import TrainerCallback
+from test_train import InterruptAfterSave
 
 from training.__main__ import main
 from training.adapters.record import read_record
@@ -77,17 +77,6 @@ def test_the_three_runs_compare_in_one_report(family_runs, tmp_path):
         assert f"| {family} | fusionado |" in report and f"- *{family}*:" in report
         assert FAMILIES[family].preset in report
     assert [p.name for p in paths] == ["report.md", "report.json", "chart.png"]
-
-
-class InterruptAfterSave(TrainerCallback):
-    """Stops training like Ctrl-C right after the checkpoint of `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow

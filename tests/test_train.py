@@ -168,6 +168,8 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_old_ones(tiny_model_d
 
 
 class InterruptAfterSave(TrainerCallback):
+    """Stops training like Ctrl-C right after the checkpoint of `step`."""
+
     def __init__(self, step: int):
         self.step = step
 

@@ -103,6 +103,16 @@ def round_trip_linears_nf4_(model) -> None:
         nf4_round_trip_(linear)
 
 
+def merged_model(base: str, adapter: AdapterFolder, dtype: str, dequantized_nf4: bool, load_dtype: str | None = None):
+    """The base loaded in `load_dtype` (default `dtype`), its linear weights through the NF4 round trip when
+    `dequantized_nf4`, cast to `dtype`, with the adapter folded in (safe_merge: NaN/inf weights refused)."""
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, load_dtype or dtype))
+    if dequantized_nf4:
+        round_trip_linears_nf4_(model)  # from the stored weights, as QLoRA's 4-bit loading quantised them
+    model = model.to(getattr(torch, dtype))
+    return load_peft_adapter(model, adapter).merge_and_unload(progressbar=True, safe_merge=True)
+
+
 def merge_record(settings: MergeSettings, adapter: AdapterFolder, base: str) -> TrainingRecord:
     source = read_record(adapter.path) or TrainingRecord()
     entry = {
@@ -128,11 +138,7 @@ def merge_to_model(settings: MergeSettings) -> Path:
         f"{available / GIB:.2f} GiB available"
     )
     check_memory(needed, available, settings.force)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, settings.dtype))
-    if settings.dequantized_nf4:
-        round_trip_linears_nf4_(model)
-    peft_model = load_peft_adapter(model, adapter)
-    merged = peft_model.merge_and_unload(progressbar=True, safe_merge=True)  # safe_merge: refuse NaN/inf weights
+    merged = merged_model(base, adapter, settings.dtype, settings.dequantized_nf4)
     has_own_tokenizer = (settings.adapter / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(settings.adapter if has_own_tokenizer else base)
     with atomic_output_dir(settings.out, replace=settings.replace, marker=RECORD_NAME, what=MODEL) as tmp:

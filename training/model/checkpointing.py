@@ -7,7 +7,8 @@ each layer's forward again in the backward pass. Measured on this project's 2-co
 (training/memory) for the peak of one step without checkpointing, at the run's batch size and
 its longest row, and compares it with the memory free on the training device now (CUDA:
 `torch.cuda.mem_get_info`; CPU: available RAM). It turns checkpointing off only when that peak
-fits with a margin (HEADROOM) and says so, with both figures, in the training log.
+fits with a margin (training/memory/recipe.py, shared with the pipeline's plan) and says so, with
+both figures, in the training log.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import torch
 from transformers import AutoConfig
 
 from training.config import RunConfig
-from training.memory.estimate import MemorySettings, estimate
+from training.memory.recipe import checkpointing_needed, recipe_peak_bytes
 
 GIB = 1024**3
-HEADROOM = 0.8  # use at most this share of the free memory: the estimate is +-10-15 %, and others allocate too
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,9 @@ def peak_without_checkpointing(config: RunConfig, longest_row: int, trained_shar
     """The estimator's peak of one training step of this run with checkpointing off, in bytes."""
     model_config = AutoConfig.from_pretrained(config.model.base_model, revision=config.model.revision,
                                               trust_remote_code=config.model.trust_remote_code).to_dict()
-    quant, training = config.quantization, config.training
-    settings = MemorySettings(
-        method="qlora" if quant.bits < 16 else "lora", bits=quant.bits, seq_len=max(1, longest_row),
-        batch=training.batch_size, rank=config.lora.rank, gradient_checkpointing=False,
-        optimizer="paged_adamw_8bit" if "8bit" in training.optimizer else "adamw",
-        device="cuda" if device.type == "cuda" else "cpu", lora_dropout=config.lora.dropout,
-        double_quant=quant.double_quant, compute=str(dtype).removeprefix("torch."), embeddings=quant.embeddings,
-        trained_share=min(1.0, max(0.01, trained_share)),
-    )
-    return estimate(model_config, settings).total_bytes
+    return recipe_peak_bytes(config, model_config, "cuda" if device.type == "cuda" else "cpu", longest_row,
+                             gradient_checkpointing=False, compute=str(dtype).removeprefix("torch."),
+                             trained_share=trained_share)
 
 
 def decide_checkpointing(config: RunConfig, longest_row: int, trained_share: float, dtype: torch.dtype,
@@ -66,7 +59,7 @@ def decide_checkpointing(config: RunConfig, longest_row: int, trained_share: flo
     peak = peak_without_checkpointing(config, longest_row, trained_share, dtype, device)
     figures = (f"estimated peak without it {peak / GIB:.2f} GiB at batch {config.training.batch_size} x "
                f"{longest_row} tokens, {free / GIB:.1f} GiB free on {device.type}")
-    if peak <= HEADROOM * free:
+    if not checkpointing_needed(peak, free):
         return Checkpointing(False, f"gradient checkpointing: off, faster (auto: {figures})")
     return Checkpointing(True, f"gradient checkpointing: on, to fit (auto: {figures}; "
                                "training.gradient_checkpointing=false forces it off)")

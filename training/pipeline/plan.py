@@ -25,6 +25,7 @@ from training.config import RunConfig
 from training.files import find_bundle_file
 from training.memory.arch import load_model_config
 from training.memory.estimate import GIB, MemorySettings, estimate
+from training.memory.recipe import checkpointing_needed, recipe_peak_bytes
 from training.model.load import cpu_has_native_bf16
 
 BYTES_PER_TOKEN = 3.5  # Spanish JSONL rows with the family tokenizers: about 3.5 bytes of file per token
@@ -93,28 +94,21 @@ def model_config(base_model: str, shipped: str) -> tuple[dict, str]:
 def training_memory(config: RunConfig, model: dict, device: Device) -> tuple[int, bool]:
     """(estimated peak bytes of one training step of this recipe, gradient checkpointing on).
 
-    `gradient_checkpointing: auto` is decided as training decides it: off when the peak without it
-    fits the device's free memory. A stacked adapter adds its frozen weights.
+    `gradient_checkpointing: auto` is decided as training decides it (training/memory/recipe.py): off when
+    the peak without it fits the device's free memory. A stacked adapter adds its frozen weights.
     """
     setting = config.training.gradient_checkpointing
     if setting == "auto":
         without = _training_peak(config, model, device, checkpointing=False)
-        return (without, False) if without <= device.available_bytes else (
-            _training_peak(config, model, device, checkpointing=True), True)
+        if not checkpointing_needed(without, device.available_bytes):
+            return without, False
+        return _training_peak(config, model, device, checkpointing=True), True
     return _training_peak(config, model, device, checkpointing=bool(setting)), bool(setting)
 
 
 def _training_peak(config: RunConfig, model: dict, device: Device, checkpointing: bool) -> int:
-    settings = MemorySettings(
-        method="qlora" if config.quantization.bits < 16 else "lora", bits=config.quantization.bits,
-        seq_len=config.data.max_tokens, batch=config.training.batch_size, rank=config.lora.rank,
-        gradient_checkpointing=checkpointing,
-        optimizer="paged_adamw_8bit" if "8bit" in config.training.optimizer or (
-            config.training.optimizer == "auto" and device.kind == "cuda") else "adamw",
-        device=device.kind, lora_dropout=config.lora.dropout, double_quant=config.quantization.double_quant,
-        compute=config.quantization.compute_dtype, embeddings=config.quantization.embeddings)
-    result = estimate(model, settings)
-    return result.total_bytes + (result.breakdown["lora_weights"] if config.lora.stack_on else 0)
+    return recipe_peak_bytes(config, model, device.kind, config.data.max_tokens, checkpointing,
+                             compute=config.quantization.compute_dtype)
 
 
 def evaluation_memory(model: dict, device: Device, seq_len: int, bits: int) -> int:

@@ -232,9 +232,9 @@ def step_evaluate(settings: PipelineSettings, base: str, adapters: dict[str, Pat
     report_dir = settings.out / "report"
     digest = _inputs_digest(base, adapters, settings)
     saved = report_dir / "report.json"
-    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("inputs_sha256") == digest:
+    results = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    if results.get("inputs_sha256") == digest:
         settings.say(f"evaluation of the same model, adapters and data already in {report_dir}: reused")
-        results = json.loads(saved.read_text(encoding="utf-8"))
     else:
         settings.say("evaluating base vs adapters on the held-out splits")
         evaluation = settings.evaluation

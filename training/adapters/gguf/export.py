@@ -33,14 +33,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM
-
-from training.adapters.folder import load_peft_adapter
 from training.adapters.gguf.checks import ExportSettings, Inputs, check_inputs, models_folder
 from training.adapters.gguf.record import GGUF_TYPES, MADE_BY, check_output_file, read_gguf_record, record_path
 from training.adapters.gguf.writer import write_gguf
-from training.adapters.merge import round_trip_linears_nf4_
+from training.adapters.merge import merged_model
 from training.adapters.record import library_versions, merged_record
 from training.files import sha256_file, write_json_atomic
 
@@ -73,12 +69,8 @@ def export_gguf(adapter: Path, out: Path, gguf_type: str = "f16", *, base: str |
 
 def load_merged(settings: ExportSettings, inputs: Inputs):
     """The base in 16 bits with the adapter folded in, as `merge` does it."""
-    model = AutoModelForCausalLM.from_pretrained(inputs.base, dtype=getattr(torch, inputs.load_dtype))
-    if settings.dequantized_nf4:
-        round_trip_linears_nf4_(model)  # from the stored weights, as QLoRA's 4-bit loading quantised them
-        model = model.to(getattr(torch, settings.merge_dtype))
-    merged = load_peft_adapter(model, inputs.adapter).merge_and_unload(progressbar=True, safe_merge=True)
-    return merged.eval()
+    return merged_model(inputs.base, inputs.adapter, settings.merge_dtype, settings.dequantized_nf4,
+                        load_dtype=inputs.load_dtype).eval()
 
 
 def run_llama_quantize(binary: Path, f16_file: Path, gguf_type: str) -> Path:
