@@ -193,3 +193,31 @@ def test_the_trainer_orders_padded_batches_with_length_grouped_order(trainers):
         assert isinstance(trainer._get_train_sampler(), LengthGroupedOrder)
     finally:
         trainer.args.train_sampling_strategy = "random"
+
+
+@pytest.mark.parametrize("family", ["llama2", "falcon"])
+def test_padding_to_a_width_multiple_keeps_the_loss_and_lora_gradients(family, trainers):
+    trainer, rows = trainers[family]
+    exact = PadCollator(0)(as_features(rows))
+    wide = PadCollator(0, width_multiple=32)(as_features(rows))
+    width = exact["input_ids"].shape[1]
+    assert wide["input_ids"].shape == (len(rows), -(-width // 32) * 32) and wide["input_ids"].shape[1] > width
+    extra = (slice(None), slice(width, None))
+    assert (wide["input_ids"][extra] == 0).all() and (wide["attention_mask"][extra] == 0).all()
+    assert (wide["labels"][extra] == IGNORE_INDEX).all()
+    exact_loss, exact_grads = step(trainer, exact)
+    wide_loss, wide_grads = step(trainer, wide)
+    assert wide_loss == pytest.approx(exact_loss, rel=1e-5)
+    for name, grad in wide_grads.items():
+        torch.testing.assert_close(grad, exact_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padded_widths_are_multiples_of_32_only_for_bf16_on_the_cpu():
+    cpu_bf16 = choose_batching("auto", "llama2", 0, "cpu", torch.bfloat16)
+    assert cpu_bf16.collator.width_multiple == 32 and "multiples of 32 tokens" in cpu_bf16.note
+    assert cpu_bf16.row_width(481) == 512 and cpu_bf16.row_width(480) == 480
+    cpu_fp32 = choose_batching("auto", "llama2", 0, "cpu", torch.float32)
+    assert cpu_fp32.collator.width_multiple == 1 and cpu_fp32.row_width(481) == 481
+    assert choose_batching(False, "llama2", 0, "cuda", torch.bfloat16).collator.width_multiple == 1
+    packed = choose_batching(True, "llama2", 0, "cpu", torch.bfloat16)
+    assert packed.packed and packed.row_width(481) == 481

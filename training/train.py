@@ -90,8 +90,11 @@ def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
     )
     device = training_device()
     dtype = compute_dtype(config.quantization.compute_dtype, device)
-    checkpointing = decide_checkpointing(config, max(len(ids) for ids in data.train["input_ids"]),
-                                         data.record["answer_tokens"] / max(1, data.record["tokens"]), dtype, device)
+    batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id, device.type,
+                               dtype)
+    longest = batching.row_width(max(len(ids) for ids in data.train["input_ids"]))
+    trained_share = data.record["answer_tokens"] / max(1, data.record["tokens"])
+    checkpointing = decide_checkpointing(config, longest, trained_share, dtype, device)
     _say(checkpointing.note)
     config = dataclasses.replace(
         config, training=dataclasses.replace(config.training, gradient_checkpointing=checkpointing.enabled))
@@ -104,7 +107,6 @@ def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
     model = add_lora(model, config.lora, config.quantization.bits)
     share_lora_dropout(model)  # one dropout draw per input, no fp32 copies under autocast (training/model/dropout.py)
     model.config.pad_token_id = tokenizer.pad_token_id
-    batching = choose_batching(config.training.packing, config.model.family, tokenizer.pad_token_id, device.type)
     _say(batching.note)
     stop = CheckpointOnSignal()
     trainer = build_trainer(config, model, tokenizer, data, device, dtype, [*callbacks, stop], batching)

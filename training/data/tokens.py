@@ -103,9 +103,10 @@ class PadCollator:
     """
 
     pad_token_id: int
+    width_multiple: int = 1  # pad to a multiple of this many tokens (training/data/batches.py: padded_width_multiple)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(row["input_ids"]) for row in rows)
+        width = padded_width(max(len(row["input_ids"]) for row in rows), self.width_multiple)
         shape = (len(rows), width)
         input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
         labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
@@ -120,6 +121,11 @@ class PadCollator:
         labels[:, 0] = IGNORE_INDEX
         require_answer_tokens(labels)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def padded_width(longest: int, multiple: int) -> int:
+    """`longest` rounded up to a multiple of `multiple`."""
+    return -(-longest // multiple) * multiple
 
 
 def require_answer_tokens(labels: torch.Tensor) -> None:
