@@ -161,3 +161,64 @@ def test_shared_lora_dropout_draws_once_per_input_and_leaves_the_adapter_as_peft
         loss = shared(input_ids=ids, labels=ids).loss
     loss.backward()
     assert all(p.grad is not None for n, p in shared.named_parameters() if p.requires_grad and "lora_A" in n)
+
+
+def test_shared_dropout_under_autocast_casts_a_float32_draw_once_to_bf16(tiny_model_dirs):
+    from training.model.dropout import share_lora_dropout
+
+    model_settings, lora = settings("llama2", tiny_model_dirs["llama2"])
+    model = add_lora(load_base_model(model_settings, replace(NF4, compute_dtype="float32"), False, CPU),
+                     replace(lora, dropout=0.5), 4)
+    share_lora_dropout(model)
+    attention = model.base_model.model.model.layers[0].self_attn
+    q, k = (getattr(attention, name).lora_dropout["default"] for name in ("q_proj", "k_proj"))
+    q.train(), k.train()
+    x = torch.randn(2, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dropped = q(x)
+        assert k(x) is dropped and dropped.dtype == torch.bfloat16
+    kept = dropped != 0
+    # the values lora_A's matmul would have cast: Dropout(0.5) of x, then bf16
+    assert torch.equal(dropped[kept], (x * 2).bfloat16()[kept])
+    assert q(x).dtype == torch.float32  # no autocast, no cast
+
+
+def test_4bit_layers_under_autocast_return_the_autocast_dtype_with_the_same_product(tiny_model_dirs):
+    from training.model.autocast import autocast_4bit_layers
+
+    model_settings, lora = settings("llama2", tiny_model_dirs["llama2"])
+    bf16 = replace(NF4, compute_dtype="bfloat16")
+
+    def loaded(hooked: bool):
+        torch.manual_seed(0)
+        model = add_lora(load_base_model(model_settings, bf16, False, CPU), replace(lora, dropout=0.0), 4)
+        if not hooked:  # what bitsandbytes does on its own
+            for module in model.modules():
+                if isinstance(module, bnb.nn.Linear4bit):
+                    module._forward_pre_hooks.clear()
+        return model
+
+    hooked, plain = loaded(True), loaded(False)
+    assert autocast_4bit_layers(hooked) == 0  # already on every 4-bit layer, once
+    base = hooked.base_model.model.model.layers[0].mlp.gate_proj.get_base_layer()
+    plain_base = plain.base_model.model.model.layers[0].mlp.gate_proj.get_base_layer()
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, plain_out = base(x), plain_base(x)
+        assert out.dtype == torch.bfloat16 and plain_out.dtype == torch.float32
+        assert torch.equal(out, plain_out.bfloat16())  # the same cast and product; only the output dtype differs
+        assert torch.equal(base(x), plain_base(x))  # outside autocast: untouched
+    ids = torch.tensor([[1, 5, 17, 42, 99, 7, 3, 11, 23]])
+    results = []
+    for model in (hooked, plain):
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for n, p in sorted(model.named_parameters()) if p.requires_grad])
+        results.append((loss.detach(), grads))
+    (loss, grads), (plain_loss, plain_grads) = results
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-2, atol=0)  # bf16 rounding after the products only
+    assert torch.nn.functional.cosine_similarity(grads, plain_grads, dim=0) > 0.99

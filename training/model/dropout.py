@@ -9,7 +9,9 @@ matmul; q, k and v read the same input and make three of each, as do gate and up
   round trip only rounded the dropout's scaling once more (PEFT's `cast_input_dtype_enabled`);
   without autocast PEFT casts as before;
 - layers that read the same tensor share one dropout draw (SharedDropout): q, k and v get the
-  same mask, as do gate and up.
+  same mask, as do gate and up; under autocast a float32 input's draw (a k-bit model's residual
+  stream) is cast once to the autocast dtype, the cast each layer's lora_A matmul made on its own
+  (the same values, one saved copy instead of three).
 Each layer still sees `Dropout(p)` of its input, the distribution PEFT's own dropout gives it;
 the draws of sibling layers become one. Nothing of this reaches the saved adapter: its weights,
 config (`lora_dropout` stays p) and PEFT's loading and inference (dropout is the identity in
@@ -35,16 +37,17 @@ class CastUnlessAutocast:
 
 
 class LastDraw:
-    """The last dropout draw: its input (weakly), p, the input's version, and the output."""
+    """The last dropout draw: its input (weakly), p, the input's version, the output's dtype, and the output."""
 
     def __init__(self) -> None:
-        self.source, self.p, self.version, self.output = None, None, None, None
+        self.source, self.p, self.version, self.dtype, self.output = None, None, None, None, None
 
-    def matches(self, x: torch.Tensor, p: float) -> bool:
-        return self.source is not None and self.source() is x and self.p == p and self.version == x._version
+    def matches(self, x: torch.Tensor, p: float, dtype: torch.dtype) -> bool:
+        return (self.source is not None and self.source() is x and self.p == p and self.version == x._version
+                and self.dtype == dtype)
 
     def remember(self, x: torch.Tensor, p: float, output: torch.Tensor) -> None:
-        self.source, self.p, self.version, self.output = weakref.ref(x), p, x._version, output
+        self.source, self.p, self.version, self.dtype, self.output = weakref.ref(x), p, x._version, output.dtype, output
 
 
 class SharedDropout(nn.Module):
@@ -55,12 +58,18 @@ class SharedDropout(nn.Module):
         self.p, self.last = p, last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
+        if not self.training:
             return x
-        if self.last.matches(x, self.p):
+        device = x.device.type
+        # under autocast lora_A's matmul would cast a float32 draw, once per layer: cast once for all readers
+        cast = x.dtype == torch.float32 and torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if cast else x.dtype
+        if self.last.matches(x, self.p, dtype):
             return self.last.output
-        output = nn.functional.dropout(x, self.p, training=True)
-        self.last.remember(x, self.p, output)
+        output = nn.functional.dropout(x, self.p, training=True) if self.p else x
+        output = output.to(dtype)
+        if output is not x:
+            self.last.remember(x, self.p, output)
         return output
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from training.config import LoraSettings, ModelSettings, QuantizationSettings
 from training.families import FAMILIES, Family, family_of_model_type
+from training.model.autocast import autocast_4bit_layers
 from training.model.embeddings import compute_embeddings_in_float32, embedding_parameters, quantize_embeddings
 
 # Non-reentrant checkpointing needs no input-grad hooks and works under DDP.
@@ -127,6 +128,8 @@ def load_base_model(
         base = AutoModelForCausalLM.from_pretrained(model.base_model, **kwargs)
     if quant.bits == 4 and device.type == "cpu":
         keep_cpu_4bit_weights_differentiable(base)
+    if quant.bits == 4:
+        autocast_4bit_layers(base)  # outputs in the autocast dtype, as nn.Linear's (training/model/autocast.py)
     # FSDP needs one dtype per flattened shard: the fp32 upcast of the k-bit preparation would break it.
     if quant.bits < 16 and not fsdp_enabled():
         if quant.embeddings == "4bit":
