@@ -20,7 +20,9 @@ warm-up, the same seed. What differs is what each tool does by default:
   to their longest row, rows in random order, transformers' Trainer with loss over the full
   logits, `fp16`/`bf16` off under `--cpu` (float32), gradient checkpointing on (its default).
 - `ours`: `python -m training train` with the bundle's defaults (training/train.py, unchanged):
-  compute dtype, gradient checkpointing and batching all `auto`.
+  compute dtype, gradient checkpointing and batching all `auto` (on a CPU with native bf16:
+  bf16 autocast, length-grouped batches padded to multiples of 32 tokens, checkpointing off for
+  the 16-bit base where it fits and on for the 4-bit base).
 - `trl-4bit`, `ours-4bit`: the same two with the base in NF4 (bitsandbytes, double
   quantisation; TRL given a BitsAndBytesConfig with bf16 compute as its QLoRA docs show).
 Each run is its own process (so its peak RSS is its own), arms alternate within a round and

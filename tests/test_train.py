@@ -303,13 +303,18 @@ def test_gradient_checkpointing_auto_follows_the_estimate_against_free_memory(ti
 
     cpu = torch.device("cpu")
     config = make_config(tmp_path, "llama2", tiny_model_dirs["llama2"], train_file,
-                         "training.gradient_checkpointing=auto")
+                         "training.gradient_checkpointing=auto", "quantization.bits=16")
     peak = peak_without_checkpointing(config, 256, 0.4, torch.float32, cpu)
     assert 0 < peak < 2 * 1024**3  # a tiny model
     roomy = decide_checkpointing(config, 256, 0.4, torch.float32, cpu, free_bytes=10 * peak)
     tight = decide_checkpointing(config, 256, 0.4, torch.float32, cpu, free_bytes=peak)
     assert not roomy.enabled and "off" in roomy.note and "GiB free on cpu" in roomy.note
     assert tight.enabled and "to fit" in tight.note
+    # a 4-bit base (QLoRA) keeps it on however much memory is free: off would spend more than 4 bits save
+    qlora = make_config(tmp_path / "q", "llama2", tiny_model_dirs["llama2"], train_file,
+                        "training.gradient_checkpointing=auto", "quantization.bits=4")
+    kept = decide_checkpointing(qlora, 256, 0.4, torch.float32, cpu, free_bytes=1000 * peak)
+    assert kept.enabled and "4-bit base" in kept.note and "training.gradient_checkpointing=false" in kept.note
     # a longer row or a bigger batch needs more: the estimate is the run's own
     assert peak_without_checkpointing(config, 1024, 0.4, torch.float32, cpu) > peak
     forced = make_config(tmp_path / "f", "llama2", tiny_model_dirs["llama2"], train_file,
@@ -317,5 +322,5 @@ def test_gradient_checkpointing_auto_follows_the_estimate_against_free_memory(ti
     assert decide_checkpointing(forced, 256, 0.4, torch.float32, cpu, free_bytes=10 * peak).enabled
     # through train(): the decision is logged in the record's metrics
     output = train(make_config(tmp_path / "t", "llama2", tiny_model_dirs["llama2"], train_file,
-                               "training.max_steps=1", "training.gradient_checkpointing=auto"))
+                               "training.max_steps=1", "training.gradient_checkpointing=auto", "quantization.bits=16"))
     assert read_record(output).data["metrics"]["gradient_checkpointing"] is False  # 24 GiB hold a tiny model

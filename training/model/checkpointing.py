@@ -6,9 +6,10 @@ each layer's forward again in the backward pass. Measured on this project's 2-co
 7B model at 1024 tokens it saves several GiB. `auto` asks the bundle's own memory estimator
 (training/memory) for the peak of one step without checkpointing, at the run's batch size and
 its longest row, and compares it with the memory free on the training device now (CUDA:
-`torch.cuda.mem_get_info`; CPU: available RAM). It turns checkpointing off only when that peak
-fits with a margin (training/memory/recipe.py, shared with the pipeline's plan) and says so, with
-both figures, in the training log.
+`torch.cuda.mem_get_info`; CPU: available RAM). With a 16-bit base it turns checkpointing off
+only when that peak fits with a margin; with a 4/8-bit base (QLoRA) it keeps it on, because
+turning it off would spend more memory than the 4 bits save (training/memory/recipe.py, shared
+with the pipeline's plan). The decision and both figures go to the training log.
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ def decide_checkpointing(config: RunConfig, longest_row: int, trained_share: flo
         return Checkpointing(bool(setting), f"gradient checkpointing: {'on' if setting else 'off'} (the recipe's)")
     free = free_memory_bytes(device) if free_bytes is None else free_bytes
     peak = peak_without_checkpointing(config, longest_row, trained_share, dtype, device)
+    bits = config.quantization.bits
     figures = (f"estimated peak without it {peak / GIB:.2f} GiB at batch {config.training.batch_size} x "
                f"{longest_row} tokens, {free / GIB:.1f} GiB free on {device.type}")
-    if not checkpointing_needed(peak, free):
+    if not checkpointing_needed(peak, free, bits):
         return Checkpointing(False, f"gradient checkpointing: off, faster (auto: {figures})")
+    if bits < 16:
+        return Checkpointing(True, f"gradient checkpointing: on, as QLoRA keeps memory low with a {bits}-bit base "
+                                   f"(auto; {figures}; training.gradient_checkpointing=false is faster)")
     return Checkpointing(True, f"gradient checkpointing: on, to fit (auto: {figures}; "
                                "training.gradient_checkpointing=false forces it off)")

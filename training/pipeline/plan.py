@@ -94,13 +94,14 @@ def model_config(base_model: str, shipped: str) -> tuple[dict, str]:
 def training_memory(config: RunConfig, model: dict, device: Device) -> tuple[int, bool]:
     """(estimated peak bytes of one training step of this recipe, gradient checkpointing on).
 
-    `gradient_checkpointing: auto` is decided as training decides it (training/memory/recipe.py): off when
-    the peak without it fits the device's free memory. A stacked adapter adds its frozen weights.
+    `gradient_checkpointing: auto` is decided as training decides it (training/memory/recipe.py): on for a
+    4/8-bit base, else off when the peak without it fits the device's free memory. A stacked adapter adds
+    its frozen weights.
     """
     setting = config.training.gradient_checkpointing
     if setting == "auto":
         without = _training_peak(config, model, device, checkpointing=False)
-        if not checkpointing_needed(without, device.available_bytes):
+        if not checkpointing_needed(without, device.available_bytes, config.quantization.bits):
             return without, False
         return _training_peak(config, model, device, checkpointing=True), True
     return _training_peak(config, model, device, checkpointing=bool(setting)), bool(setting)
