@@ -14,7 +14,7 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
     memory/        the memory estimator (torch-free) with its settings dataclass, report + CLI, configs/
     datasets/      the shipped Spanish datasets, citations, validation, article-question derivation
     model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter, LoRA dropout
-                   drawn once per input, gradient checkpointing `auto`
+                   drawn once per input, NF4 layers in the autocast dtype, gradient checkpointing `auto`
     trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, the folders a run
                    claims (locked) and leaves
     evaluate/      base vs adapters on held-out data: compare, generate, report, the machine and data it ran on;
