@@ -42,8 +42,8 @@ a kernel for every new matrix shape: with exact widths each batch brought new sh
 building cost time, and the cache grew by 13 MB a step (about 430 MB over a 32-step epoch of
 the bench's 17M Llama, which is most of its peak memory growth). With widths in steps of 32 the
 shapes repeat: the same epoch trained 1.09x faster with 270 MB less peak RSS, although 11.5 %
-of the computed tokens were padding instead of 3 % (bench/train_throughput.py; widths in steps
-of 16 and 64 were slower). Float32 on the CPU (MKL, no per-shape cache) keeps exact widths, as
+of the computed tokens were padding instead of 3 % (bench/train_throughput.py; steps of 16 kept
+90 MB more, steps of 64 were 5 % slower). Float32 on the CPU (MKL, no per-shape cache) keeps exact widths, as
 do GPUs, where this was not measured.
 """
 
