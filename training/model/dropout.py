@@ -37,17 +37,17 @@ class CastUnlessAutocast:
 
 
 class LastDraw:
-    """The last dropout draw: its input (weakly), p, the input's version, the output's dtype, and the output."""
+    """The last dropout draw: its input (weakly), p, the input's version, and the output."""
 
     def __init__(self) -> None:
-        self.source, self.p, self.version, self.dtype, self.output = None, None, None, None, None
+        self.source, self.p, self.version, self.output = None, None, None, None
 
     def matches(self, x: torch.Tensor, p: float, dtype: torch.dtype) -> bool:
         return (self.source is not None and self.source() is x and self.p == p and self.version == x._version
-                and self.dtype == dtype)
+                and self.output.dtype == dtype)
 
     def remember(self, x: torch.Tensor, p: float, output: torch.Tensor) -> None:
-        self.source, self.p, self.version, self.dtype, self.output = weakref.ref(x), p, x._version, output.dtype, output
+        self.source, self.p, self.version, self.output = weakref.ref(x), p, x._version, output
 
 
 class SharedDropout(nn.Module):
