@@ -81,12 +81,24 @@ def memory_needed_bytes(base_config, dtype: str, adapter_bytes: int) -> int:
     return sum(p.numel() for p in model.parameters()) * DTYPE_BYTES[dtype] + adapter_bytes
 
 
-def check_memory(needed_bytes: int, available_bytes: int, force: bool) -> None:
+MERGE_MEMORY_ADVICE = "close other programs, choose --dtype bfloat16, or pass --force to try anyway"
+
+
+def check_memory(needed_bytes: int, available_bytes: int, force: bool, advice: str = MERGE_MEMORY_ADVICE) -> None:
     if needed_bytes > available_bytes and not force:
         raise ValueError(
             f"merging needs at least {needed_bytes / GIB:.1f} GiB of RAM but only {available_bytes / GIB:.1f} GiB is "
-            "available: close other programs, choose --dtype bfloat16, or pass --force to try anyway"
+            f"available: {advice}"
         )
+
+
+def require_merge_memory(base_config, dtype: str, adapter: AdapterFolder, force: bool,
+                         advice: str = MERGE_MEMORY_ADVICE) -> None:
+    """Print the RAM a merge of `adapter` into the base in `dtype` needs and has; refuse (check_memory) if short."""
+    needed = memory_needed_bytes(base_config, dtype, adapter.weights_file.stat().st_size)
+    available = psutil.virtual_memory().available
+    print(f"memory: about {needed / GIB:.2f} GiB needed ({dtype} base + adapter), {available / GIB:.2f} GiB available")
+    check_memory(needed, available, force, advice)
 
 
 def nf4_round_trip_(linear) -> None:
@@ -131,13 +143,7 @@ def merge_to_model(settings: MergeSettings) -> Path:
     base = resolve_base(adapter, settings.base)
     base_config = AutoConfig.from_pretrained(base)
     refuse_quantized_base(base_config, base)
-    needed = memory_needed_bytes(base_config, settings.dtype, adapter.weights_file.stat().st_size)
-    available = psutil.virtual_memory().available
-    print(
-        f"memory: about {needed / GIB:.2f} GiB needed ({settings.dtype} base + adapter), "
-        f"{available / GIB:.2f} GiB available"
-    )
-    check_memory(needed, available, settings.force)
+    require_merge_memory(base_config, settings.dtype, adapter, settings.force)
     merged = merged_model(base, adapter, settings.dtype, settings.dequantized_nf4)
     has_own_tokenizer = (settings.adapter / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(settings.adapter if has_own_tokenizer else base)

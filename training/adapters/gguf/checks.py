@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
-import psutil
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from training.adapters.folder import AdapterFolder, open_adapter
 from training.adapters.gguf import layout, vocab
 from training.adapters.gguf.record import QUANTIZE_TYPES, check_output_file, check_type
-from training.adapters.merge import GIB, check_memory, memory_needed_bytes, refuse_quantized_base, resolve_base
+from training.adapters.merge import GIB, refuse_quantized_base, require_merge_memory, resolve_base
 from training.adapters.record import TrainingRecord, read_record
 from training.families import FAMILIES, family_of_model_type
 from training.files import OutputError, check_output, find_bundle_file, sha256_file
@@ -100,11 +99,8 @@ def check_inputs(settings: ExportSettings) -> Inputs:
     chat_template = chat_template_source(settings.template, record, family)
     check_disk(settings, config, outputs)
     load_dtype = base_load_dtype(settings, config)
-    needed = memory_needed_bytes(config, load_dtype, adapter.weights_file.stat().st_size)
-    available = psutil.virtual_memory().available
-    print(f"memory: about {needed / GIB:.2f} GiB needed ({load_dtype} base + adapter), "
-          f"{available / GIB:.2f} GiB available")
-    check_memory(needed, available, settings.force_memory)
+    require_merge_memory(config, load_dtype, adapter, settings.force_memory,
+                         advice="close other programs, or pass --force to try anyway")
     return Inputs(adapter, record, base, config, arch, quantize, family, sha256_file(adapter.weights_file), load_dtype,
                   tokenizer, chat_template)
 
