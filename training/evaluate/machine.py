@@ -15,6 +15,7 @@ import psutil
 import torch
 
 from training.adapters.record import TrainingRecord, read_record
+from training.model.load import cpuinfo_field
 
 GIB = 1024**3
 
@@ -32,12 +33,7 @@ def describe_machine() -> dict:
 
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def adapter_presets(adapters: list[Path]) -> dict[str, str | None]:

@@ -48,14 +48,19 @@ def fsdp_enabled() -> bool:
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bfloat16 matmuls
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere: nothing is assumed)."""
+def cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The first CPU's `name` field as Linux reports it in /proc/cpuinfo; None elsewhere or when absent."""
     try:
         text = open(cpuinfo, encoding="utf-8", errors="replace").read()
     except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+        return None
+    line = next((line for line in text.splitlines() if line.startswith(name)), None)
+    return None if line is None else line.partition(":")[2].strip()
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere: nothing is assumed)."""
+    return set((cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
