@@ -12,9 +12,13 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
                    card, factors, what fuses exactly, fuse, merge, and gguf/: the merged model as a GGUF file
                    for llama.cpp (export, checks, writer, layout, vocab, record; llamacpp: its binaries)
     memory/        the memory estimator (torch-free) with its settings dataclass, report + CLI, configs/
-    datasets/      the shipped Spanish datasets, citations, validation, article-question derivation
+    datasets/      the shipped Spanish datasets, citations, validation, article-question derivation, and corpus/:
+                   the law's articles built from the norms' PDFs (pdf, articles, build: the `corpus` command,
+                   read, verify: the validator's check of every row against its article)
     model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter, LoRA dropout
                    drawn once per input, NF4 layers in the autocast dtype, gradient checkpointing `auto`
+    retrieval/     the article search behind "Fuentes" over datasets/' law corpus, one function for the trainer
+                   and the extension; the index cached by corpus sha256 (the `retrieve` command)
     trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, the folders a run
                    claims (locked) and leaves
     evaluate/      base vs adapters on held-out data: compare, generate, report, the machine and data it ran on;

@@ -32,6 +32,7 @@ COMMANDS = {
     "compare": ("training.evaluate.across", "one report across families from their pipeline runs, no retraining"),
     "validate-data": ("training.datasets.validate", "check the shipped datasets (format, duplicates, citations)"),
     "derive-questions": ("training.datasets.derive", "add article-named questions to a leyes-ec dataset folder"),
+    "corpus": ("training.datasets.corpus.build", "build the law corpus (one JSONL row per article) from a norm's PDF"),
 }
 
 # Inputs read before a command's module is imported: they are light to check, the module is not

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.datasets.citations import NORMS, cites
+from training.datasets.corpus.verify import check_against_corpus
 from training.datasets.derivation import derive
 from training.safeyaml import shorten, shown
 
@@ -42,6 +43,7 @@ class Report:
     errors: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # split -> row count
     groups: collections.Counter = field(default_factory=collections.Counter)  # category or norm -> rows
+    unsourced: dict[str, int] = field(default_factory=dict)  # norm without text in the corpus -> rows unchecked
 
 
 def _where(path: Path, line: int) -> str:
@@ -157,6 +159,8 @@ def validate_dataset(directory: Path) -> Report:
             prompts.setdefault(prompt, where)
     if kind == "leyes-ec":
         report.errors += _check_derived(read)
+        corpus_errors, report.unsourced = check_against_corpus(read, directory)
+        report.errors += corpus_errors
     report.errors += _check_totals(report, kind)
     return report
 
@@ -209,7 +213,9 @@ def _check_totals(report: Report, kind: str) -> list[str]:
 
 
 def shipped_datasets() -> list[Path]:
-    return sorted(path for path in DATA_DIR.iterdir() if path.is_dir() and not path.name.startswith((".", "_")))
+    """The data folders beside this module (code packages such as corpus/ are not datasets)."""
+    return sorted(path for path in DATA_DIR.iterdir()
+                  if path.is_dir() and not path.name.startswith((".", "_")) and not (path / "__init__.py").exists())
 
 
 def print_summary(report: Report) -> None:
@@ -219,6 +225,8 @@ def print_summary(report: Report) -> None:
     for group in groups:
         counts = ", ".join(f"{split} {report.groups[f'{split}/{group}']}" for split in SPLITS)
         print(f"  {group}: {counts}")
+    for norma, count in report.unsourced.items():
+        print(f"  not checked against the law corpus (it has no text of {norma}): {count} rows")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
