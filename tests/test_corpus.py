@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from training.__main__ import main
-from training.datasets.citations import _fold, canonical_article
+from training.datasets.citations import fold, canonical_article
 from training.datasets.corpus.read import CORPUS_DIR, MANIFEST, load_corpus, read_manifest
 from training.datasets.corpus.verify import article_text
 from training.files import sha256_file
@@ -99,7 +99,7 @@ def test_numbers_suffixes_innumerados_and_repealed_articles(corpus):
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", _fold(text))
+    return re.findall(r"\w+", fold(text))
 
 
 def _occurs_in_order(needle: list[str], hay: list[str], start: int, max_gap: int = 60) -> bool:

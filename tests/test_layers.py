@@ -2,7 +2,7 @@
 
 Bottom to top (README "The map", training/__init__.py): the foundation (config, families,
 templates, files) -> data/, adapters/, memory/, datasets/ (each only over the foundation) ->
-model/ -> trainer/, evaluate/ -> train -> pipeline/ -> demo/ -> __main__ (which imports one command at a time).
+model/, retrieval/ (the article search over datasets/' law corpus) -> trainer/, evaluate/ -> train -> pipeline/ -> demo/ -> __main__ (which imports one command at a time).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ FOUNDATION = {"training", "training.config", "training.families", "training.temp
 LAYERS = [
     FOUNDATION,
     {"training.data", "training.adapters", "training.memory", "training.datasets"},
-    {"training.model"},
+    {"training.model", "training.retrieval"},
     {"training.trainer", "training.evaluate"},
     {"training.train"},
     {"training.pipeline"},

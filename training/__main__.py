@@ -33,6 +33,7 @@ COMMANDS = {
     "validate-data": ("training.datasets.validate", "check the shipped datasets (format, duplicates, citations)"),
     "derive-questions": ("training.datasets.derive", "add article-named questions to a leyes-ec dataset folder"),
     "corpus": ("training.datasets.corpus.build", "build the law corpus (one JSONL row per article) from a norm's PDF"),
+    "retrieve": ("training.retrieval.retrieve", "the law articles (corpus) that answer a Spanish legal question"),
 }
 
 # Inputs read before a command's module is imported: they are light to check, the module is not

@@ -43,7 +43,7 @@ NEAR_CHARS = 80
 # a sentence ends at . ; ! ? followed by a space, except the abbreviations "art." "arts." "no."
 _SENTENCE_END = re.compile(r"(?<!\bart)(?<!\barts)(?<!\bno)(?<!\bn°)(?<!\bnº)[.;!?](\s|$)")
 _NUMBER = r"\d+(?:\.\d+)?(?:\s*-\s*[a-z]\b)?"
-_ARTICLES = re.compile(
+ARTICLES = re.compile(
     rf"\b(?:articulos?|arts?\.?)\s*(?:n[o°º]\.?\s*)?({_NUMBER}(?:\s*(?:,|y|e|o)\s*{_NUMBER})*)"
 )
 
@@ -53,7 +53,7 @@ class Citation(NamedTuple):
     articulo: str
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
     """Lowercase and strip accents, so "Artículo" and "articulo" match."""
     decomposed = unicodedata.normalize("NFD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
@@ -67,7 +67,7 @@ def canonical_article(article: str) -> str:
 def _alias_table() -> list[tuple[re.Pattern, str]]:
     names = [(name, canonical) for canonical, aliases in NORMS.items() for name in (canonical, *aliases)]
     names.sort(key=lambda pair: len(pair[0]), reverse=True)  # longest first wins overlaps
-    return [(re.compile(rf"(?<!\w){re.escape(_fold(name))}(?!\w)"), canonical) for name, canonical in names]
+    return [(re.compile(rf"(?<!\w){re.escape(fold(name))}(?!\w)"), canonical) for name, canonical in names]
 
 
 _ALIASES = _alias_table()
@@ -75,7 +75,7 @@ _ALIASES = _alias_table()
 
 def norm_canonical(name: str) -> str:
     """The canonical name of a norm given its name or an alias; ValueError if unknown."""
-    folded = _fold(name).strip()
+    folded = fold(name).strip()
     for pattern, canonical in _ALIASES:
         if pattern.fullmatch(folded):
             return canonical
@@ -84,7 +84,7 @@ def norm_canonical(name: str) -> str:
                      "(or an alias listed in NORMS in training/datasets/citations.py)")
 
 
-def _norm_mentions(folded: str) -> list[tuple[int, int, str]]:
+def norm_mentions(folded: str) -> list[tuple[int, int, str]]:
     taken: list[tuple[int, int, str]] = []
     for pattern, canonical in _ALIASES:
         for match in pattern.finditer(folded):
@@ -105,10 +105,10 @@ def _norm_for(folded: str, start: int, end: int, mentions: list[tuple[int, int, 
 
 def find_citations(text: str) -> list[Citation]:
     """Every (norm, article) pair the text cites, in order of appearance."""
-    folded = _fold(text)
-    mentions = _norm_mentions(folded)
+    folded = fold(text)
+    mentions = norm_mentions(folded)
     citations = []
-    for match in _ARTICLES.finditer(folded):
+    for match in ARTICLES.finditer(folded):
         norma = _norm_for(folded, match.start(), match.end(), mentions)
         for number in re.findall(_NUMBER, match.group(1)):
             citations.append(Citation(norma, canonical_article(number)))

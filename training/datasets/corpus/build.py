@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from training.datasets.citations import NORMS, _fold, norm_canonical
+from training.datasets.citations import NORMS, fold, norm_canonical
 from training.datasets.corpus.articles import ARTICLE, Article, split_articles
 from training.datasets.corpus.pdf import PdfError, read_pages, strip_furniture
 from training.datasets.corpus.read import CORPUS_DIR, MANIFEST, ROW_FIELDS, CorpusError, norm_slug, read_manifest
@@ -116,11 +116,11 @@ def read_articles(pdf: Path, norma: str) -> list[Article]:
 
 def check_title(pdf: Path, front: list[str], norma: str) -> None:
     """The first norm named before Art. 1 (the document's title) must be `norma`."""
-    folded = _fold(" ".join(front[:80]))
+    folded = fold(" ".join(front[:80]))
     named = []
     for canonical, aliases in NORMS.items():
         for name in (canonical, *[alias for alias in aliases if len(alias) >= 10]):
-            match = re.search(rf"(?<!\w){re.escape(_fold(name))}(?!\w)", folded)
+            match = re.search(rf"(?<!\w){re.escape(fold(name))}(?!\w)", folded)
             if match:
                 named.append((match.start(), canonical))
     if not named:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from training.datasets.citations import _fold, canonical_article
+from training.datasets.citations import fold, canonical_article
 from training.datasets.corpus.read import CORPUS_DIR, CorpusError, load_corpus
 
 VERIFIED_ROW = re.compile(r"^\|\s*(?P<id>ley-\d+)\s*\|[^|]*\|[^|]*\|[^|]*\|\s*\"(?P<phrase>[^\"]+)\"\s*\|")
@@ -32,7 +32,7 @@ def article_text(row: dict) -> str:
 
 
 def _squash(text: str) -> str:
-    return re.sub(r"\s+", " ", _fold(text)).strip()
+    return re.sub(r"\s+", " ", fold(text)).strip()
 
 
 def check_against_corpus(read: dict[str, list[tuple[str, dict]]], directory: Path,

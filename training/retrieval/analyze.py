@@ -1,0 +1,65 @@
+"""Spanish text -> index terms: lowercase, accents folded, stop words dropped, Snowball-stemmed.
+
+The same function turns articles (at index time) and questions (at search time) into terms, so
+"indemnización", "indemnizaciones" and "indemnizacion" all meet as `indemniz`. Accents are folded
+before stemming because users often type without them. Stop words are the Snowball Spanish list,
+question words ("cuántos", "puede") and words every legal question carries but no article answers
+("ecuador", "según", "dice", "establece"); they would only add noise to BM25.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+# Snowball's Spanish stop words (folded), less the few that are law terms ("estado", "sentido").
+_SNOWBALL = """a al algo algunas algunos ante antes como con contra cual cuando de del desde donde durante e el
+ella ellas ellos en entre era erais eran eras eres es esa esas ese eso esos esta estaba estabais estaban estabas
+estad estada estadas estamos estando estar estaremos estara estaran estaras estare estareis estaria estariais
+estariamos estarian estarias estas este estemos esto estos estoy estuve estuviera estuvieran estuvieron estuvo
+estan esten fue fuera fueran fueron fuese fuesen fui fuimos ha habia habian habido habiendo han has hasta hay haya
+hayan he hemos hubiera hubieran hubo la las le les lo los me mi mis mucho muchos muy mas mia mias mio mios nada ni
+no nos nosotras nosotros nuestra nuestras nuestro nuestros o os otra otras otro otros para pero poco por porque que
+quien quienes se sea sean ser si sin sobre sois somos son soy su sus suya suyas suyo suyos tambien tanto te tendra
+tendran tendria tenemos tenga tengan tengo tenia tenian ti tiene tienen tienes todo todos toda todas tu tus tuvo un
+una uno unos y ya yo cada cual cuales"""
+# question words, verbs of asking, and words with no weight in a question about Ecuadorian law
+_QUESTION = """que como cual cuales cuando cuanto cuanta cuantos cuantas donde quien quienes puede pueden puedo
+podria debe deben debo deberia hacer hace existe existen hay dice dicen establece establecen dispone disponen
+senala prevee preve contempla contemplan indica regula menciona dicta define considera consiste segun acuerdo
+ecuador ecuatoriano ecuatoriana ecuatorianos ecuatorianas pais ley leyes norma normas articulo articulos art arts
+caso casos alguien algun alguna persona explica explicame dime cuentame sobre tema respecto forma manera modo
+ocurre pasa sucede significa entiende tipo tipos cosa cosas"""
+STOP_WORDS = frozenset(_SNOWBALL.split())
+QUERY_STOP_WORDS = STOP_WORDS | frozenset(_QUESTION.split())
+
+
+def fold(text: str) -> str:
+    """Lowercase without accents ("Constitución" -> "constitucion"); ñ becomes n, as users type it."""
+    decomposed = unicodedata.normalize("NFD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer  # PyStemmer (Snowball); imported on first use, it is only needed to search
+
+    return Stemmer.Stemmer("spanish")
+
+
+def words(folded: str, stop_words: frozenset[str] = STOP_WORDS) -> list[str]:
+    """The content words of already folded text: no stop words, no bare numbers, no single letters."""
+    return [w for w in _WORD.findall(folded) if len(w) > 1 and not w.isdigit() and w not in stop_words]
+
+
+def stems(content_words: list[str]) -> list[str]:
+    """Snowball stems of content words (pairs of adjacent stems were measured and gave nothing)."""
+    return _stemmer().stemWords(content_words)
+
+
+def terms(text: str) -> list[str]:
+    """Index terms of an article's text: folded, stop words out, stemmed."""
+    return stems(words(fold(text)))
