@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from training.__main__ import main
-from training.datasets.citations import fold, canonical_article
+from training.datasets.citations import canonical_article, fold
 from training.datasets.corpus.read import CORPUS_DIR, MANIFEST, load_corpus, read_manifest
 from training.datasets.corpus.verify import article_text
 from training.files import sha256_file
@@ -94,8 +94,13 @@ def test_numbers_suffixes_innumerados_and_repealed_articles(corpus):
     coip = "Código Orgánico Integral Penal"
     assert by_key[(coip, "1")]["titulo"] == "Finalidad"
     assert "(Agregado" not in by_key[(coip, "28.1")]["texto"]
+    # the outline the article stands in, from the law's own headings
+    assert by_key[("Constitución de la República del Ecuador", "71")]["estructura"] == [
+        "TÍTULO II DERECHOS", "Capítulo séptimo Derechos de la naturaleza"]
+    assert by_key[(coip, "1")]["estructura"] == ["LIBRO PRELIMINAR NORMAS RECTORAS", "TÍTULO I FINALIDAD"]
     # art. 79: the 2024 referendum substituted it; the corpus holds the text in force
-    assert by_key[("Constitución de la República del Ecuador", "79")]["texto"].startswith("La extradición se solicitará")
+    constitution = "Constitución de la República del Ecuador"
+    assert by_key[(constitution, "79")]["texto"].startswith("La extradición se solicitará")
 
 
 def _words(text: str) -> list[str]:

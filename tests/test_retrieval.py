@@ -9,9 +9,9 @@ import time
 import pytest
 
 from training.__main__ import main
+from training.datasets.corpus.read import CORPUS_DIR, corpus_sha256, read_manifest
 from training.retrieval import cache, retrieve
 from training.retrieval.cache import CacheWarning, cache_folder, load_index
-from training.datasets.corpus.read import CORPUS_DIR, corpus_sha256, read_manifest
 
 CRE = "Constitución de la República del Ecuador"
 COIP = "Código Orgánico Integral Penal"

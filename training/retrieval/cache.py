@@ -77,7 +77,8 @@ def check_cache(folder: Path, sha: str) -> str | None:
         return "missing"
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        if (manifest["format"], manifest["bm25s"], manifest["settings"]) != (FORMAT, _bm25s_version(), settings_digest()):
+        built_with = (manifest["format"], manifest["bm25s"], manifest["settings"])
+        if built_with != (FORMAT, _bm25s_version(), settings_digest()):
             return "stale"
         if manifest["corpus_sha256"] != sha:
             return f"{folder / MANIFEST} names another corpus"

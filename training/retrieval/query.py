@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.datasets.citations import ARTICLES, Citation, norm_mentions, find_citations
+from training.datasets.citations import ARTICLES, Citation, find_citations, norm_mentions
 from training.retrieval.analyze import QUERY_STOP_WORDS, _stemmer, fold, words
 
 _LEXICON_WORDS = """ley leyes legal ilegal legalmente juridico juridica derecho derechos constitucion constitucional

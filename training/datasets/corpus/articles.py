@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-ARTICLE = re.compile(r"^Art(?:[íi]culo|\.)\s*(?P<number>\d+(?:\.\d+)*|\(\s*\.\.\.\s*\)|\.\.\.)\s*\.?\s*-\s*(?P<rest>.*)$")
+ARTICLE = re.compile(r"^Art(?:[íi]culo|\.)\s*(?P<number>\d+(?:\.\d+)*|\(\s*\.\.\.\s*\)|\.\.\.)"
+                     r"\s*\.?\s*-\s*(?P<rest>.*)$")
 _ORDINAL = (r"(?:[IVXLC]+\b|\d+\w*\.?|[uú]nic[oa]|preliminar|final|primer[oa]?|segund[oa]|tercer[oa]?|cuart[oa]|"
             r"quint[oa]|sext[oa]|s[eé]ptim[oa]|octav[oa]|noven[oa]|d[eé]cim\w*|und[eé]cim[oa]|duod[eé]cim[oa]|"
             r"vig[eé]sim\w*|trig[eé]sim\w*|innumerad[oa]|\.\.\.|\(\.\.\.\))")
@@ -45,6 +46,9 @@ _REFORM_WORDS = (r"(?:Agregad|Sustituid|Reformad|Derogad|Suprimid|Incorporad|Ren
 REFORM_NOTE = re.compile(rf"\(\s*{_REFORM_WORDS}[^()]*(?:\([^()]*\)[^()]*)*\)")
 TITLE = re.compile(r"^(?P<title>[^.():;]{2,160}?)\s*\.\s*-\s*(?P<rest>.*)$")
 REPEALED = re.compile(r"^\(?\s*derogad[oa]s?\b", re.IGNORECASE)
+# the law's own outline, top down; an article records the headings it stands under (`estructura`)
+LEVELS = ("libro", "titulo", "capitulo", "seccion", "subseccion", "paragrafo", "numeral")
+HEADING_NAME_CHARS = 100  # a heading's name runs over the next short lines that end no sentence
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Article:
     derogado: bool = False
     lines: list[str] = field(default_factory=list)  # as printed, while splitting
     notes: list[str] = field(default_factory=list)
+    estructura: list[str] = field(default_factory=list)  # "Capítulo séptimo Derechos de la naturaleza", ...
 
 
 def base_number(articulo: str) -> tuple[int, ...]:
@@ -70,7 +75,9 @@ def split_articles(lines: list[str]) -> list[Article]:
     current: Article | None = None
     last: tuple[int, ...] = (0,)
     mode = "before"  # before the first article | article | note | ruling | skip
+    outline = Outline()
     for line in lines:
+        outline.read(line, mode)
         if mode == "ruling":
             mode = "skip" if RULING_END.match(line) else mode
             continue
@@ -81,7 +88,7 @@ def split_articles(lines: list[str]) -> list[Article]:
         if heading and not QUOTED.match(heading["rest"]):
             number = _article_number(heading["number"], last, articles)
             if number is not None and base_number(number)[0] >= last[0]:
-                current = Article(number)
+                current = Article(number, estructura=outline.path())
                 articles.setdefault(number, []).append(current)
                 last, mode = base_number(number), "note" if NOTE.match(heading["rest"]) else "article"
                 (current.notes if mode == "note" else current.lines).append(heading["rest"])
@@ -101,6 +108,42 @@ def split_articles(lines: list[str]) -> list[Article]:
             if re.search(r"\.\s*$", line):
                 mode = "article"  # the note's paragraph ends here; the article may go on
     return [_latest([_finish(printing) for printing in printings]) for printings in articles.values()]
+
+
+class Outline:
+    """The headings in force at each line: a heading replaces its level and clears those below it;
+    its name is the rest of its line and the short lines after it that end no sentence."""
+
+    def __init__(self):
+        self.headings: dict[str, str] = {}
+        self.naming: str | None = None  # the level whose name is still being read
+
+    def read(self, line: str, mode: str) -> None:
+        if FINAL_PROVISIONS.match(line):
+            self.headings, self.naming = {}, None
+        elif HEADING.match(line):
+            level = _level(line)
+            self.headings = {key: text for key, text in self.headings.items()
+                             if LEVELS.index(key) < LEVELS.index(level)}
+            self.headings[level], self.naming = line.lstrip("- ").strip(), level
+        elif (self.naming and mode in ("before", "skip") and not ARTICLE.match(line)
+              and len(line) <= HEADING_NAME_CHARS and not re.search(r"[.,;:]\s*$", line)
+              and len(self.headings[self.naming]) <= 2 * HEADING_NAME_CHARS):
+            self.headings[self.naming] += f" {line.strip()}"
+        else:
+            self.naming = None
+
+    def path(self) -> list[str]:
+        return [self.headings[level] for level in LEVELS if level in self.headings]
+
+
+def _level(line: str) -> str:
+    word = fold_word(line.lstrip("- ").split()[0])
+    return word if word in LEVELS else "numeral"
+
+
+def fold_word(word: str) -> str:
+    return word.lower().translate(str.maketrans("áéíóú", "aeiou"))
 
 
 def _latest(printings: list[Article]) -> Article:

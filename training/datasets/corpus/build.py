@@ -4,7 +4,7 @@
         --edition "Codificación 2005-017, R.O.-S 167, 16-XII-2005; última reforma R.O.-S 242, 2023-02-01"
 
 Writes `<norm-slug>.jsonl` (one row per article: norma, articulo, titulo, texto, derogado,
-reformas, edicion, fecha, fuente_sha256) and updates the folder's manifest `corpus.json`, both
+estructura, reformas, edicion, fecha, fuente_sha256) and updates the folder's manifest `corpus.json`, both
 through a temporary file and a rename, under the folder's lock. The same PDF and options give a
 byte-identical file. A norm already in the corpus is replaced only with --replace (a newer edition);
 everything keyed on the corpus (the retrieval index, the validator) follows its sha256.
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--date", help="the edition's date, YYYY-MM-DD or YYYY (default: the last YYYY-MM-DD date "
                                       "in --edition)")
     build.add_argument("--out", type=Path, default=CORPUS_DIR,
-                       help=f"the corpus folder (default: the shipped corpus, {CORPUS_DIR.relative_to(Path.cwd()) if CORPUS_DIR.is_relative_to(Path.cwd()) else CORPUS_DIR})")
+                       help="the corpus folder (default: the shipped one, training/datasets/leyes-ec/corpus)")
     build.add_argument("--replace", action="store_true", help="replace the norm if the corpus already holds it")
 
 
@@ -132,8 +132,8 @@ def check_title(pdf: Path, front: list[str], norma: str) -> None:
 
 def to_row(article: Article, norma: str, edition: str, fecha: str, pdf_sha256: str) -> dict:
     values = {"norma": norma, "articulo": article.articulo, "titulo": article.titulo, "texto": article.texto,
-              "derogado": article.derogado, "reformas": article.reformas, "edicion": edition, "fecha": fecha,
-              "fuente_sha256": pdf_sha256}
+              "derogado": article.derogado, "estructura": article.estructura, "reformas": article.reformas,
+              "edicion": edition, "fecha": fecha, "fuente_sha256": pdf_sha256}
     return {key: values[key] for key in ROW_FIELDS}
 
 

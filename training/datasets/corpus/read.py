@@ -17,7 +17,8 @@ from training.files import sha256_file
 
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "leyes-ec" / "corpus"
 MANIFEST = "corpus.json"
-ROW_FIELDS = ("norma", "articulo", "titulo", "texto", "derogado", "reformas", "edicion", "fecha", "fuente_sha256")
+ROW_FIELDS = ("norma", "articulo", "titulo", "texto", "derogado", "estructura", "reformas", "edicion", "fecha",
+              "fuente_sha256")
 
 
 class CorpusError(ValueError):

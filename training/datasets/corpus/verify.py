@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from training.datasets.citations import fold, canonical_article
+from training.datasets.citations import canonical_article, fold
 from training.datasets.corpus.read import CORPUS_DIR, CorpusError, load_corpus
 
 VERIFIED_ROW = re.compile(r"^\|\s*(?P<id>ley-\d+)\s*\|[^|]*\|[^|]*\|[^|]*\|\s*\"(?P<phrase>[^\"]+)\"\s*\|")
