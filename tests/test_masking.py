@@ -19,6 +19,7 @@ CASES = {
     "spanish_ft-Llama-2-chat": ("llama", "</s>"),
     "spanish_ft-Falcon": ("falcon", "<|endoftext|>"),
     "spanish_ft-ChatML": ("llama", "<|im_end|>"),
+    "spanish_ft-Gemma": ("gemma", "<end_of_turn>"),
 }
 CONVERSATION = [
     {"role": "system", "content": "Sé breve."},
@@ -32,7 +33,7 @@ ANSWERS = [m["content"] for m in CONVERSATION if m["role"] == "assistant"]
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    return {"llama": build_tokenizer("llama"), "falcon": build_tokenizer("falcon")}
+    return {shape: build_tokenizer(shape) for shape in ("llama", "falcon", "gemma")}
 
 
 def webui_oracle(tokenizer, prompt: str) -> list[int]:

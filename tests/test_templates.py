@@ -114,12 +114,19 @@ def test_chatml_format():
     assert golden("spanish_ft-ChatML").render(TWO_TURNS, add_generation_prompt=True) == expected
 
 
+def test_gemma_matches_gemma_turn_format():
+    # Gemma 3: no system role; its chat template puts the system text first in the first user turn
+    expected = (f"<bos><start_of_turn>user\n{SYS}\n\n{Q1}<end_of_turn>\n<start_of_turn>model\n{A1}<end_of_turn>\n"
+                f"<start_of_turn>user\n{Q2}<end_of_turn>\n<start_of_turn>model\n")
+    assert golden("spanish_ft-Gemma").render(TWO_TURNS, add_generation_prompt=True) == expected
+
+
 def test_answer_segments_end_with_the_end_of_turn():
     ends = {"spanish_ft-Mistral": "</s>", "spanish_ft-Llama-2-chat": " </s>", "spanish_ft-Falcon": "<|endoftext|>",
-            "spanish_ft-ChatML": "<|im_end|>\n"}
+            "spanish_ft-ChatML": "<|im_end|>\n", "spanish_ft-Gemma": "<end_of_turn>\n"}
     for name, end in ends.items():
         answers = [s.text for s in golden(name).split(TWO_TURNS[:3]) if s.trained]
-        assert answers == [(" " if name != "spanish_ft-ChatML" else "") + A1 + end]
+        assert answers == [(" " if name not in ("spanish_ft-ChatML", "spanish_ft-Gemma") else "") + A1 + end]
 
 
 def test_message_text_is_stripped_like_the_webui_history():

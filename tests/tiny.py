@@ -33,7 +33,11 @@ CORPUS = [
 SPECIAL = {
     "llama": ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
     "falcon": ["<|endoftext|>", ">>ABSTRACT<<", ">>INTRODUCTION<<"],
+    # Gemma 3's ids 0-3 and its turn markers; its tokenizer adds <bos> in front
+    "gemma": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
 }
+# shape -> (bos, eos, unk, pad) of the sentencepiece-style tokenizers
+METASPACE_TOKENS = {"llama": ("<s>", "</s>", "<unk>", None), "gemma": ("<bos>", "<end_of_turn>", "<unk>", "<pad>")}
 
 
 def build_tokenizer(family: str, vocab_size: int = 400) -> PreTrainedTokenizerFast:
@@ -48,14 +52,16 @@ def build_tokenizer(family: str, vocab_size: int = 400) -> PreTrainedTokenizerFa
         )
         tok.train_from_iterator(CORPUS, trainer)
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    bos, eos, unk, pad = METASPACE_TOKENS[family]
+    tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL["llama"])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL[family])
     tok.train_from_iterator(CORPUS, trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, tok.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk,
+                                   **({"pad_token": pad} if pad else {}))
 
 
 def build_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2):
