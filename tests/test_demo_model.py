@@ -50,7 +50,8 @@ def test_a_folder_of_something_else_is_never_replaced(tmp_path):
 
 def _without_module(monkeypatch, module: str) -> None:
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == module else real_find_spec(name, *a))
 
 
 def test_no_install_names_the_pip_command(monkeypatch, tmp_path):

@@ -207,7 +207,8 @@ def test_a_work_folder_of_the_users_is_refused(kit, tmp_path, capsys, no_loading
 def test_the_demo_never_writes_into_a_users_folder(command, tmp_path, capsys, monkeypatch):
     import training.demo.model as demo_model
 
-    monkeypatch.setattr(demo_model, "find_gguf", lambda install: pytest.fail("the GGUF was looked for"))
+    monkeypatch.setattr(demo_model, "source_sha256", lambda source, install: pytest.fail("the GGUF was looked for"))
+    monkeypatch.setattr(demo_model, "source_gguf", lambda *args: pytest.fail("the GGUF was looked for"))
     thesis = user_folder(tmp_path / "tesis")
     before = fingerprint(tmp_path)
     code, err = cli(capsys, ["demo", "--out", str(thesis)] if command == "demo" else [command, str(thesis)])
