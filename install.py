@@ -11,15 +11,19 @@ for the layout rules, the install record and the exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import posixpath
 import re
+import socket
 import stat
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 
@@ -28,19 +32,33 @@ NAME = "spanish_ft"
 # The record lives inside the extension folder: it goes wherever the extension goes and
 # needs no extra folder in the webui. Paths in it are POSIX and relative to the webui.
 MANIFEST = f"extensions/{NAME}/.{NAME}-install.json"
+# One run at a time per webui. The lock lives in the webui folder itself: the one folder that exists, checked and
+# link-free, before anything is installed (the extension folder may not exist yet, or be the user's).
+LOCK = f".{NAME}-install.lock"
+LOCK_MAX_BYTES = 1 << 16  # a lock is a few hundred bytes; a larger file of that name is not one
 TEMP_SUFFIX = f".{NAME}-tmp"
 SKIP_DIRS = {"__pycache__"}
 # The parts of the bundle's training/ package that the extension imports, directly or through one
 # another: these modules, and the .py/.json files below these folders (memory/configs/*.json are the
 # estimator's shipped model configs). Nothing else of training/ goes into the webui;
 # tests/test_install.py follows the extension's imports with ast to check this list.
-EXTENSION_TRAINING = ("__init__.py", "families.py", "templates.py", "files.py", "safeyaml.py", "adapters", "memory")
+EXTENSION_TRAINING = ("__init__.py", "families.py", "templates.py", "files.py", "safeyaml.py", "userdata.py",
+                      "sandbox.py", "adapters", "memory")
 TRAINING_SUFFIXES = {".py", ".json"}
 CHUNK_BYTES = 1 << 20
 EXIT_OK, EXIT_KEPT, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 DATA_FOLDERS = ("instruction-templates", "presets")  # files directly inside; adapters: loras/<name>/...
 # Reading never goes through a symbolic link at the last step either (where the platform has the flag).
 NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+# The likely cause of an OS error, said with the file it happened on (os_error_text).
+CAUSES = {errno.ENOSPC: "the disk is full: free some space",
+          errno.EFBIG: "a file-size limit was hit: raise `ulimit -f`, or the file system's largest file is smaller",
+          errno.EACCES: "permission denied: make it writable for this user, or run as the user who owns the webui",
+          errno.EPERM: "not permitted: make it writable for this user, or run as the user who owns the webui",
+          errno.EROFS: "the file system is read-only: mount it read-write",
+          errno.ELOOP: "a symbolic link loop: a link points, directly or through others, back at itself; remove it",
+          errno.ENAMETOOLONG: "the path is too long for the file system: choose a shorter folder",
+          errno.EIO: "an input/output error: the disk or its connection may be failing"}
 LABELS = {"add": "added", "update": "updated", "unchanged": "unchanged", "keep": "kept (changed by you)",
           "remove": "removed"}
 
@@ -63,7 +81,12 @@ still equals the record; a file you changed, or one that was there before and is
 ours, is kept and reported, unless --force, which first moves it to
 <file>.bak-<timestamp>. Files the new bundle no longer ships are removed when unchanged.
 --uninstall removes what the record lists (same rules), the folders the installer created
-once they are empty, and the record itself.
+once they are empty, and the record itself. The record is rewritten last, in one step, after
+every file is in place; a run that stops leaves no empty folder it created behind.
+
+One run at a time: an install or uninstall holds <webui>/{LOCK} (naming its pid)
+while it runs. A second one is refused while that process lives; the lock of a run that died
+is taken over. --dry-run takes no lock.
 
 An adapter folder is installed whole or not at all: if you changed one of its files,
 none of the bundle's new files for that adapter are written (half of one adapter next
@@ -79,7 +102,8 @@ this installer's record, or a loras/<adapter>/ folder of yours named like a bund
 
 Exit codes: 0 done; 1 done, but files you changed were kept (rerun with --force to
 replace them after a backup; with --dry-run: would be kept); 2 refused, nothing written:
-usage error, not a webui, an unreadable or tampered record, or one of the refusals above;
+usage error, not a webui, an unreadable or tampered record, another run holding the lock,
+or one of the refusals above;
 3 stopped by a write error or Ctrl-C (the record lists what was written: fix the cause
 and rerun, or --uninstall).
 """
@@ -136,9 +160,10 @@ class Step:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        args.bundle = resolved(args.bundle, "--bundle")
         target = locate_webui(args.webui, args.user_data_dir)
-        manifest = load_manifest(target.webui)
-        steps = checked_plan(args, target, manifest)
+        with contextlib.nullcontext() if args.dry_run else install_lock(target.webui):
+            return run(args, target)
     except InstallError as error:
         print(f"error: {error}", file=sys.stderr)
         if isinstance(error, Refused):
@@ -146,26 +171,48 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Refused ({count} problem{'s' if count > 1 else ''} above): nothing was written.", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # an unreadable file while planning: nothing written yet
-        print(f"error: cannot read {error.filename or ''}: {error.strerror or error}; nothing was written",
-              file=sys.stderr)
+        print(f"error: cannot read {os_error_text(error)}; nothing was written", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return EXIT_STOPPED
+
+
+def run(args: argparse.Namespace, target: Target) -> int:
+    """Plan against the record, then carry the plan out (a dry run: print it); the exit code."""
+    manifest = load_manifest(target.webui)
+    steps = checked_plan(args, target, manifest)
     version = read_version(args.bundle)
     action = "uninstalling from" if args.uninstall else f"{version}: installing into"
     print(f"{NAME} {action} {target.webui} (data folder: {target.data})")
     try:
         done = steps if args.dry_run else apply(target.webui, steps, manifest, version, args.uninstall)
     except (OSError, KeyboardInterrupt) as error:
-        print(f"error: stopped ({type(error).__name__}: {error})\nThe install record lists every file written so far: "
-              "fix the cause and rerun the same command, or rerun with --uninstall.", file=sys.stderr)
+        print(stopped_message(error, target.webui), file=sys.stderr)
         return EXIT_STOPPED
     print_summary(done, dry_run=args.dry_run)
     report_shadowing(target)
     if not args.uninstall:
         print_next_steps(target, steps)
     return EXIT_KEPT if any(step.kind == "keep" for step in steps) else EXIT_OK
+
+
+def stopped_message(error: BaseException, webui: Path) -> str:
+    """What stopped the run, on which file and why, and what is left to undo it."""
+    what = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else os_error_text(error)
+    record = webui / MANIFEST
+    after = (f"The install record {record} lists every file written so far: fix the cause and rerun the same "
+             "command, or rerun with --uninstall." if os.path.lexists(record)
+             else "Nothing of this run is left in the webui: fix the cause and rerun.")
+    return f"error: stopped: {what}\n{after}"
+
+
+def os_error_text(error: OSError) -> str:
+    """The file an OS error happened on, what went wrong and its likely cause."""
+    where = f"{error.filename}: " if error.filename else ""
+    what = error.strerror or ", ".join(map(str, error.args)) or type(error).__name__  # ours carry only a message
+    cause = CAUSES.get(error.errno)
+    return f"{where}{what}" + (f" ({cause})" if cause else "")
 
 
 def checked_plan(args: argparse.Namespace, target: Target, manifest: dict) -> list[Step]:
@@ -198,10 +245,122 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# --- one run at a time --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def install_lock(webui: Path) -> Iterator[None]:
+    """Hold <webui>/.spanish_ft-install.lock while this run reads the record, plans and writes: two runs into one
+    webui would each plan against a record the other one is rewriting, and each record would miss files."""
+    lock = webui / LOCK
+    if not os.access(webui, os.W_OK | os.X_OK):  # no lock can be made here, and the plan's read-only check
+        yield  # (read_only_problems) refuses any write first, with every read-only folder named at once
+        return
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)}
+    try:
+        take_lock(lock, mine)
+    except OSError as error:
+        raise InstallError(f"cannot create the install lock {lock}: {os_error_text(error)}") from None
+    try:
+        yield
+    finally:
+        if read_lock(lock) == mine:
+            lock.unlink()
+
+
+def take_lock(lock: Path, mine: dict) -> None:
+    """Create the lock naming this run; refuse while its holder runs; take over the lock of one that died."""
+    for _attempt in range(3):
+        if create_lock(lock, mine):
+            return
+        holder = read_lock(lock)
+        if holder is None and os.path.lexists(lock):
+            raise Refused([Problem(lock, "is in the way: not an install lock of this installer (a JSON object naming "
+                                   "a pid)", "if no install or uninstall runs, delete it, then rerun")])
+        if holder is not None and (holder.get("host") != mine["host"] or pid_alive(holder.get("pid"))):
+            raise Refused([Problem(lock, f"another install or uninstall runs in this webui: pid {holder.get('pid')} on "
+                                   f"{holder.get('host')} since {holder.get('since')} ({holder.get('command')})",
+                                   "wait for it to end, then rerun; if it no longer runs (say it ran on another "
+                                   "machine that shares this folder), delete the lock, then rerun")])
+        if holder is not None:
+            print(f"warning: {lock}: taking over the lock of pid {holder.get('pid')}, which no longer runs",
+                  file=sys.stderr)
+            remove_stale_lock(lock, holder)
+    raise Refused([Problem(lock, "other runs took this lock at the same moment", "rerun when they are done")])
+
+
+def create_lock(lock: Path, mine: dict) -> bool:
+    """Create `lock` naming this run in one step (a hard link to a finished file); False if it exists."""
+    temp = lock.with_name(f"{lock.name}.{os.getpid()}{TEMP_SUFFIX}")
+    if os.path.lexists(temp):  # left by a killed run that had our pid
+        temp.unlink()
+    try:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), "wb") as out:
+            out.write(json.dumps(mine).encode("utf-8"))
+        os.link(temp, lock)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        if os.path.lexists(temp):
+            temp.unlink()
+
+
+def read_lock(lock: Path) -> dict | None:
+    """The holder a lock names, or None (gone, a link, or not one of ours)."""
+    try:
+        with open_no_follow(lock) as handle:
+            holder = json.loads(handle.read(LOCK_MAX_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def pid_alive(pid) -> bool:
+    """Whether the process `pid` of this machine runs (our own pid in a lock is a dead run's, reused)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return False
+    if os.name != "posix":  # Windows has no harmless probe (os.kill would end the process): assume it runs
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; a pid beyond the platform's range
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_lock(lock: Path, holder: dict) -> None:
+    """Remove the dead holder's lock and nothing else: moved aside and read again first, since another run
+    may have taken it over already (its lock is then put back)."""
+    aside = lock.with_name(f"{lock.name}.{os.getpid()}-stale{TEMP_SUFFIX}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return  # another run removed it first
+    try:
+        if read_lock(aside) != holder:
+            os.link(aside, lock)
+    finally:
+        aside.unlink()
+
+
 # --- where things go -------------------------------------------------------------------------
 
+def resolved(path: Path, what: str) -> Path:
+    """`path` made absolute with every link followed; InstallError naming it when that cannot be done."""
+    try:
+        return path.expanduser().resolve()
+    except RuntimeError as error:  # Python before 3.13 reports a link loop (and an unknown ~user) this way
+        why = "an unknown user's home folder (~name)" if "home" in str(error) else CAUSES[errno.ELOOP]
+        raise InstallError(f"{what} {path}: {why}") from None
+    except OSError as error:
+        raise InstallError(f"{what} {path}: {os_error_text(error)}") from None
+
+
 def locate_webui(webui: Path, user_data_dir: Path | None) -> Target:
-    webui = webui.expanduser().resolve()
+    webui = resolved(webui, "--webui")
     if webui.exists() and not webui.is_dir():
         raise InstallError(f"--webui {webui} is a file, not a folder: pass the text-generation-webui folder")
     if not webui.is_dir():
@@ -214,16 +373,17 @@ def locate_webui(webui: Path, user_data_dir: Path | None) -> Target:
     if missing:
         raise InstallError(f"no {' and no '.join(missing)} in {webui}: is this a text-generation-webui checkout?")
     if user_data_dir is not None:
-        data = (webui / user_data_dir.expanduser()).resolve()
+        data = resolved(webui / user_data_dir.expanduser(), "--user-data-dir")
         if not data.is_dir():
             raise InstallError(f"--user-data-dir {data} does not exist: create it or drop the option")
         return Target(webui, data)
     user_data = webui / "user_data"
     if user_data.is_symlink():
         # the webui would use the folder it points at; writing through the link is not done: say so
+        real = resolved(user_data, "user_data")
         raise Refused([Problem(user_data, f"is a symbolic link (to {os.readlink(user_data)}): the installer never "
-                               "writes through links", f"pass --user-data-dir {user_data.resolve()} to install into "
-                               "the folder it points at, or replace the link by that folder")])
+                               "writes through links", f"pass --user-data-dir {real} to install into the folder it "
+                               "points at, or replace the link by that folder")])
     if os.path.lexists(user_data) and not user_data.is_dir():
         raise Refused([Problem(user_data, "is not a folder: a webui of 2025 or later keeps its templates, presets "
                                "and adapters in a user_data/ folder, an older one has none",
@@ -245,7 +405,6 @@ def bundle_files(bundle: Path, target: Target) -> tuple[list[tuple[Path, str]], 
     """(bundle file, webui-relative target path) for everything the bundle ships, and the problems: every
     symbolic link among the shipped files or the folders they come from. The installer never follows one
     (a link in loras/ would copy whatever it points at, a private key say, into the webui)."""
-    bundle = bundle.resolve()
     problems: list[Problem] = []
     # The webui root's extensions/, not user_data/extensions/: every webui version loads it, and
     # it imports script.py as the package `extensions.spanish_ft` (modules/extensions.py), so the
@@ -266,7 +425,7 @@ def bundle_files(bundle: Path, target: Target) -> tuple[list[tuple[Path, str]], 
 
 def hash_bundle(bundle: Path, target: Target, pairs: list[tuple[Path, str]]) -> dict[str, tuple[Path, str]]:
     if not pairs:
-        raise InstallError(f"nothing to install in bundle {bundle.resolve()}: expected extensions/{NAME}/, "
+        raise InstallError(f"nothing to install in bundle {bundle}: expected extensions/{NAME}/, "
                            "instruction-templates/, presets/, loras/ or training/")
     wanted: dict[str, tuple[Path, str]] = {}
     for src, rel in pairs:
@@ -371,18 +530,34 @@ def load_manifest(webui: Path) -> dict:
     if not os.path.lexists(path):
         return {"files": {}, "pending": {}, "created_dirs": []}
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest.setdefault("pending", {})
-        valid = all(isinstance(manifest[key], kind) for key, kind in
-                    (("files", dict), ("pending", dict), ("created_dirs", list)))
-        valid = valid and all(isinstance(item, str) for item in (
-            *manifest["files"].values(), *manifest["pending"].values(), *manifest["created_dirs"]))
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
-        valid = False
-    if not valid:
-        raise InstallError(f"install record {path} is not JSON with 'files' and 'created_dirs'; delete it to "
-                           "start over (the files it listed are then treated as yours)")
-    return manifest
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        problem = f"not readable JSON ({os_error_text(error) if isinstance(error, OSError) else error})"
+    else:
+        problem = manifest_problem(manifest)
+    if problem:
+        raise InstallError(f"install record {path}: {problem}; delete it to start over (the files it listed are "
+                           "then treated as yours)")
+    return {**manifest, "pending": manifest.get("pending", {})}
+
+
+RECORD_KEYS = {"files": dict, "pending": dict, "created_dirs": list}  # pending: absent in records before it existed
+
+
+def manifest_problem(manifest) -> str | None:
+    """What makes a parsed record unusable (its keys and their shapes), or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object with 'files' and 'created_dirs'"
+    for key, kind in RECORD_KEYS.items():
+        value = manifest.get(key, {} if key == "pending" else None)
+        if not isinstance(value, kind):
+            return f"key {key!r}: expected a JSON {'object' if kind is dict else 'array'}, found {value!r:.60}"
+        for item in (*value, *value.values()) if kind is dict else value:
+            if not isinstance(item, str):
+                return f"key {key!r}: holds {item!r:.60}, not a string"
+            if not item.isprintable() or item != item.encode("utf-8", "replace").decode("utf-8"):
+                return f"key {key!r}: holds {item!r:.60}, not a path (control characters, or not valid Unicode)"
+    return None
 
 
 def record_problems(target: Target, manifest: dict) -> list[Problem]:
@@ -497,7 +672,7 @@ def read_only_problems(webui: Path, steps: list[Step], uninstall: bool) -> list[
     changes = [step for step in steps if step.kind in ("add", "update", "remove")]
     places = {nearest_existing((webui / step.rel).parent) for step in changes}
     if changes or (uninstall and os.path.lexists(webui / MANIFEST)):
-        places.add(nearest_existing((webui / MANIFEST).parent))
+        places |= {nearest_existing((webui / MANIFEST).parent), webui}  # the webui folder holds the install lock
     return [Problem(place, "is read-only for this user (or on a read-only file system)",
                     "make it writable (chmod u+w, or mount it read-write), or run the installer as the user who owns "
                     "the webui, then rerun") for place in sorted(places) if not os.access(place, os.W_OK | os.X_OK)]
@@ -599,10 +774,16 @@ def apply(webui: Path, steps: list[Step], old: dict, version: str, uninstall: bo
     settled = not (webui / MANIFEST).exists() if uninstall else old == {**final, "pending": {}}
     if not changes and settled:
         return steps
-    # Written before any change: a run stopped halfway leaves only files this record accepts as ours.
-    write_manifest(webui, {**final, "files": {s.rel: s.owned_sha for s in steps if s.owned_sha},
-                           "pending": {s.rel: s.sha for s in writes}})
-    done = [carry_out(webui, s) if s.kind in ("add", "update", "remove") else s for s in steps]
+    try:
+        # Written before any change: a run stopped halfway leaves only files this record accepts as ours.
+        write_manifest(webui, {**final, "files": {s.rel: s.owned_sha for s in steps if s.owned_sha},
+                               "pending": {s.rel: s.sha for s in writes}})
+        done = [carry_out(webui, s) if s.kind in ("add", "update", "remove") else s for s in steps]
+    except BaseException:
+        prune_after_failure(webui, [rel for rel in created if rel not in old["created_dirs"]])
+        raise
+    # The final record is committed last, in one rename: a crash before it leaves the record above, which
+    # accepts every file of this run as ours, so a rerun or --uninstall can still finish or undo it.
     if uninstall:
         (webui / MANIFEST).unlink()
         prune_dirs(webui, created, keep=None)
@@ -646,6 +827,10 @@ def write_atomic(path: Path, fill) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
+    except OSError as error:
+        if error.filename is None or Path(error.filename) == temp:  # name the file the user knows
+            error.filename = str(path)
+        raise
     finally:
         if os.path.lexists(temp):
             temp.unlink()
@@ -674,6 +859,14 @@ def dirs_to_create(webui: Path, rels: list[str]) -> list[str]:
             missing.add(relative(webui, folder))
             folder = folder.parent
     return sorted(missing)
+
+
+def prune_after_failure(webui: Path, new_dirs: list[str]) -> None:
+    """Remove the folders a stopped run created and left empty (all of them when it wrote no record, the
+    extension folder included): nothing else lists them, so no later run could remove them."""
+    record = webui / MANIFEST
+    with contextlib.suppress(OSError):  # the error that stopped the run is the one to report
+        prune_dirs(webui, new_dirs, keep=record if os.path.lexists(record) else None)
 
 
 def prune_dirs(webui: Path, created: list[str], keep: Path | None) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
 FOUNDATION = {"training", "training.config", "training.families", "training.templates", "training.files",
-              "training.safeyaml"}
+              "training.safeyaml", "training.userdata", "training.sandbox", "training.strict_json"}
 LAYERS = [
     FOUNDATION,
     {"training.data", "training.adapters", "training.memory", "training.datasets"},

@@ -3,6 +3,9 @@
 The map, bottom layer first (an import never runs up this list; tests/test_layers.py checks it):
     files.py       the bundle root, the output rule (check_output), atomic writes, locks, sha256
     safeyaml.py    YAML from users with anchors and aliases refused; error values shortened
+    userdata.py    the door for user JSON and YAML: parsed safely, checked against a schema, mistakes by key path
+    sandbox.py     the webui's Jinja sandbox with bounds: no template renders a huge text or runs for long
+    strict_json.py JSON rows read strictly: lone surrogates, repeated keys, huge integers, deep nesting refused
     families.py    the three model families: architecture, LoRA targets, template, preset
     templates.py   the webui-identical prompt renderer (+ the `render` command)
     config.py      recipe YAML -> overrides -> schema.json -> frozen settings, paths resolved once

@@ -7,6 +7,10 @@ imported, so `render`, `memory` and `validate-data` work without torch installed
 Exit codes: 0 done, 1 refused or failed (the message says what, where and how to fix it),
 2 usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An interrupted command leaves
 nothing half-written; `train` saves a checkpoint first (training/trainer/interrupt.py).
+
+Errors are printed as `error: ...`, never as a traceback: our refusals as they are, a failure
+of the file system with its file, the operation and the likely cause (training/files.py:
+user_message). Only a bug of ours prints a traceback, and says that it is one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import importlib
 import signal
 import sys
+import traceback
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -26,7 +31,7 @@ COMMANDS = {
     "export-gguf": ("training.adapters.gguf.export", "export an adapter merged into its base as a GGUF file"),
     "evaluate": ("training.evaluate.compare", "compare the base model and adapters on held-out data"),
     "memory": ("training.memory.report", "estimate memory for inference and training from a model config"),
-    "fetch-demo-model": ("training.demo.model", "write the CPU demo model (SmolLM2-135M) as an HF folder"),
+    "fetch-demo-model": ("training.demo.model", "write a CPU demo model (SmolLM2-135M, or Gemma-3-270M) as an HF folder"),
     "demo": ("training.demo.run", "the CPU demo: demo model, adapters, evaluation, webui install"),
     "pipeline": ("training.pipeline.run", "one family end to end: plan, train both adapters, fuse, evaluate, install"),
     "compare": ("training.evaluate.across", "one report across families from their pipeline runs, no retraining"),
@@ -80,26 +85,37 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def report_error(err: Exception) -> int:
+    """Print `err` for the user (exit 1): its message, or for a bug of ours the traceback named as one."""
+    from training.files import user_message  # light: no torch
+
+    message = user_message(err)
+    if message is None:
+        traceback.print_exception(err)
+        message = (f"this is a bug in spanish_ft ({type(err).__name__}: {err}), not a problem with your input: "
+                   "please report it with the traceback above")
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         check_early(argv)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    args = parse_args(argv)
+        args = parse_args(argv)  # imports the command's module: a missing package is reported, not a traceback
+    except Exception as err:
+        return report_error(err)
     if args.command is None:
         build_parser(None).print_help()
         return 2
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.module.run(args) or 0
-    except (ValueError, OSError) as err:  # refusals, bad input, files it cannot read or write
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, or training's checkpoint-then-stop
         print(f"interrupted: {str(err) or 'nothing half-written was left behind'}", file=sys.stderr)
         return getattr(err, "exit_code", 130)
+    except Exception as err:  # refusals, bad input, files it cannot read or write; a bug is named as one
+        return report_error(err)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -6,8 +6,9 @@ come from the schema; the family-dependent ones (template, preset, LoRA targets)
 `training/families.py`. Files are not required to exist here: data and template paths are
 checked when training starts; template and
 `lora.stack_on` are resolved here once (`template_path`, `lora.stack_on_path`): as given, else
-under the bundle root. YAML is read by training/safeyaml.py (anchors and aliases refused), and a
-value quoted in an error message is shortened (`shown`).
+under the bundle root. The file is read and checked through training/userdata.py, the door for
+user JSON and YAML (anchors and aliases refused; an integer is a whole number, not 8.0; a number is
+finite, not .nan or .inf), and a value quoted in an error message is shortened (`shown`).
 
     config = load_config("training/recipes/mistral-instrucciones.yaml", ["lora.rank=8"])
     config.lora.rank  # 8
@@ -22,11 +23,11 @@ from functools import cache
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator
 
 from training.families import FAMILIES
 from training.files import BUNDLE_ROOT, find_bundle_file
 from training.safeyaml import load_yaml, shorten, shown
+from training.userdata import UserFileError, parse_yaml, schema_errors, text_errors
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SHOWN_ERROR_CHARS = 1000  # each error line is cut to about this length (a key path, a list of allowed keys)
@@ -145,7 +146,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read, override, validate and resolve a recipe; raise ConfigError listing every mistake."""
     recipe = read_recipe(path)
     recipe, errors = apply_overrides(recipe, overrides)
-    errors += validate(recipe)
+    errors += text_errors(recipe) + validate(recipe)
     if not errors:
         recipe = fill_defaults(recipe)
         errors += check_consistency(recipe)
@@ -166,9 +167,9 @@ def read_recipe(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: recipe not found (recipes ship in {BUNDLE_ROOT / 'training' / 'recipes'})")
     try:
-        data = load_yaml(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(str(path), [f"not a valid UTF-8 YAML file: {err}"]) from err
+        data = parse_yaml(path, "recipe")
+    except UserFileError as err:
+        raise ConfigError(str(path), err.errors) from None
     if not isinstance(data, dict):
         found = "empty" if data is None else f"a YAML {type(data).__name__}"
         raise ConfigError(str(path), [f"the recipe is {found}; it must be a YAML mapping of keys "
@@ -197,7 +198,9 @@ def apply_overrides(recipe: dict, overrides) -> tuple[dict, list[str]]:
         *parents, last = key.split(".")
         target = recipe
         for part in parents:
-            target = target.setdefault(part, {})
+            if target.get(part) is None:  # absent or null (dataset.replay): the override starts the mapping
+                target[part] = {}
+            target = target[part]
             if not isinstance(target, dict):
                 break  # the recipe has a non-mapping here; validation reports it
         else:
@@ -218,33 +221,8 @@ def _unknown_key(parts: list[str]) -> str | None:
 
 
 def validate(recipe: dict) -> list[str]:
-    """Every schema violation, one line each, prefixed with its key path."""
-    messages = []
-    for error in Draft202012Validator(load_schema()).iter_errors(recipe):
-        path = ".".join(str(part) for part in error.absolute_path)
-        if error.validator == "additionalProperties":
-            allowed = ", ".join(sorted(error.schema.get("properties", {})))
-            for key in sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str):
-                messages.append(f"{shorten(_join(path, str(key)))}: unknown key; allowed here: {allowed}")
-        elif error.validator == "required":
-            for key in error.validator_value:
-                if key not in error.instance:
-                    messages.append(f"{_join(path, key)}: required key is missing")
-        else:
-            messages.append(f"{shorten(path) or '(recipe)'}: {_short_message(error)}")
-    return sorted(messages)
-
-
-def _short_message(error) -> str:
-    """jsonschema's message with the offending value (its repr opens the message) shortened."""
-    quoted = repr(error.instance)
-    if error.message.startswith(quoted):
-        return shorten(quoted) + error.message[len(quoted):]
-    return error.message
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    """Every schema violation, one line each, prefixed with its key path (training/userdata.py's door)."""
+    return schema_errors(recipe, load_schema())
 
 
 def fill_defaults(recipe: dict) -> dict:

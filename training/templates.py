@@ -5,7 +5,10 @@ This module renders it exactly as text-generation-webui does in instruct mode
 (modules/chat.py: a sandboxed Jinja environment with trim_blocks, lstrip_blocks and
 loopcontrols, the same globals, the same keyword arguments, message contents stripped),
 and splits a conversation into prompt and answer segments for training, so that the
-training text is byte-identical to what the webui sends to the model.
+training text is byte-identical to what the webui sends to the model. The environment is the
+webui's with bounds (training/sandbox.py): a template that would render a huge prompt or loop for
+too long is refused, naming the template file, instead of exhausting memory; the YAML file and a
+CONVERSATION.json are checked against their schemas by training/userdata.py first.
 
 CLI: python -m training render TEMPLATE.yaml CONVERSATION.json [--generation-prompt]
 """
@@ -21,14 +24,22 @@ from functools import cached_property
 from pathlib import Path
 
 import markupsafe
-import yaml
 from jinja2.exceptions import TemplateError
 from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from training.safeyaml import load_yaml, shown
+from training.safeyaml import shown
+from training.sandbox import BoundedEnvironment, render_bounded
+from training.userdata import UserFileError, read_json, read_yaml
 
 ROLES = ("system", "user", "assistant")
+TEMPLATE_MAX_BYTES = 1 << 20  # the webui's own templates are 1 to 3 KB
+# the webui reads `instruction_template` and ignores other keys
+TEMPLATE_SCHEMA = {"type": "object", "required": ["instruction_template"],
+                   "properties": {"instruction_template": {"type": "string"}}}
+# CONVERSATION.json of the `render` command (normalize_messages names the message when a role is wrong)
+CONVERSATION_SCHEMA = {"type": "array", "items": {"type": "object", "required": ["role", "content"],
+                                                  "properties": {"role": {"enum": list(ROLES)},
+                                                                 "content": {"type": "string"}}}}
 
 # What the webui passes to an instruction template besides `messages`
 # (modules/chat.py generate_chat_prompt, with a fresh UI state and no tools).
@@ -63,9 +74,9 @@ def _tojson(value, indent=None, ensure_ascii=True):
     return markupsafe.Markup(json.dumps(value, indent=indent, ensure_ascii=ensure_ascii))
 
 
-def make_webui_environment() -> ImmutableSandboxedEnvironment:
-    """A Jinja environment configured as the webui's instruct-mode one."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+def make_webui_environment() -> BoundedEnvironment:
+    """A Jinja environment configured as the webui's instruct-mode one, with bounds on size and time."""
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["strftime_now"] = _strftime_now
     env.globals["raise_exception"] = _raise_exception
@@ -101,16 +112,22 @@ class InstructionTemplate:
             line = getattr(err, "lineno", None)
             where = f" (line {line} of the template)" if line else ""
             raise TemplateFileError(f"{self.path}: the Jinja template does not compile{where}: {err}") from err
+        except (RecursionError, MemoryError) as err:  # expressions nested thousands deep
+            raise TemplateFileError(f"{self.path}: the Jinja template is nested too deeply to compile "
+                                    f"({type(err).__name__})") from None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """Render messages as the webui does in instruct mode."""
         clean = normalize_messages(messages, where=str(self.path))
         try:
-            return self._compiled.render(
-                messages=clean, add_generation_prompt=add_generation_prompt, **WEBUI_RENDER_KWARGS
-            )
-        except TemplateError as err:
-            raise TemplateFileError(f"{self.path}: rendering failed: {err}") from err
+            return render_bounded(self._compiled, messages=clean, add_generation_prompt=add_generation_prompt,
+                                  **WEBUI_RENDER_KWARGS)
+        except (TemplateError, ValueError) as err:  # ValueError: the template's raise_exception
+            raise TemplateFileError(f"{self.path}: rendering failed: {err}") from None
+        except RecursionError:
+            raise TemplateFileError(f"{self.path}: rendering failed: a macro or loop recurses too deeply") from None
+        except Exception as err:  # the template's own code failed (1/0, a method on the wrong type, ...)
+            raise TemplateFileError(f"{self.path}: rendering failed: {type(err).__name__}: {err}") from None
 
     def split(self, messages: list[dict]) -> list[Segment]:
         """Split a conversation into prompt and answer segments.
@@ -148,19 +165,13 @@ def load_template(path: str | Path) -> InstructionTemplate:
     path = Path(path)
     if not path.is_file():
         raise TemplateFileError(f"{path}: instruction template not found")
-    raw = path.read_bytes()
     try:
-        data = load_yaml(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as err:
-        raise TemplateFileError(f"{path}: not UTF-8 text ({err})") from err
-    except yaml.YAMLError as err:
-        raise TemplateFileError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict) or not isinstance(data.get("instruction_template"), str):
-        raise TemplateFileError(
-            f"{path}: expected a YAML mapping with an 'instruction_template' string "
-            "(webui format: `instruction_template: |-` followed by the Jinja template)"
-        )
-    template = InstructionTemplate(path=path, source=data["instruction_template"], sha256=hashlib.sha256(raw).hexdigest())
+        data = read_yaml(path, TEMPLATE_SCHEMA, "instruction template (webui format: `instruction_template: |-` "
+                                                "followed by the Jinja template)", max_bytes=TEMPLATE_MAX_BYTES)
+    except UserFileError as err:
+        raise TemplateFileError(str(err)) from None
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    template = InstructionTemplate(path=path, source=data["instruction_template"], sha256=sha256)
     _ = template._compiled  # compile now so a broken template fails at load time
     return template
 
@@ -184,12 +195,12 @@ def normalize_messages(messages: list[dict], where: str = "conversation") -> lis
 def load_conversation(path: str | Path) -> list[dict]:
     """Read a CONVERSATION.json file (a list of role/content objects)."""
     path = Path(path)
+    if not path.is_file():
+        raise TemplateFileError(f"{path}: conversation file not found")
     try:
-        messages = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise TemplateFileError(f"{path}: conversation file not found") from err
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TemplateFileError(f"{path}: not a valid UTF-8 JSON file: {err}") from err
+        messages = read_json(path, CONVERSATION_SCHEMA, 'conversation (a list of {"role", "content"} objects)')
+    except UserFileError as err:
+        raise TemplateFileError(str(err)) from None
     return normalize_messages(messages, where=str(path))
 
 

@@ -6,7 +6,8 @@ SFTTrainer -> adapter folder (written atomically with its training record and mo
 loss curve after it, best effort). Before anything loads, the adapter folder must be new or an
 adapter of ours with --replace, and the work folder (`<output_dir>.work` by default: checkpoints,
 TensorBoard logs) is locked against a second run. Ctrl-C or SIGTERM saves a checkpoint at the
-current step and exits 130 or 143, so `resume=true` continues from there. Under
+current step and exits 130 or 143, so `resume=true` continues from there, with the same recipe
+(training/trainer/resume.py says which keys may change). Under
 `accelerate launch` the same command trains with DDP on several GPUs.
 
 From Python: `train(load_config(path, overrides), replace=False) -> Path` of the adapter folder.
@@ -32,8 +33,9 @@ from training.model.dropout import share_lora_dropout
 from training.model.load import add_lora, compute_dtype, load_base_model, load_tokenizer, training_device
 from training.model.stacking import stack_frozen_adapter
 from training.templates import load_template
-from training.trainer.build import build_trainer, checkpoint_to_resume
+from training.trainer.build import build_trainer
 from training.trainer.interrupt import CheckpointOnSignal
+from training.trainer.resume import check_recipe_unchanged, checkpoint_to_resume
 from training.trainer.save import claim_folders, save_adapter
 
 EXAMPLE = """example:
@@ -76,6 +78,9 @@ def train(config: RunConfig, callbacks: Sequence = (), replace: bool = False) ->
 def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
     started = time.time()
     checkpoint = checkpoint_to_resume(config)
+    if checkpoint:  # only with the recipe that made it: another one is refused, naming the keys
+        for note in check_recipe_unchanged(checkpoint, config):
+            _say(f"warning: {note}")
     template = load_template(config.template_path)
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config.data, tokenizer, template, config.training.seed)

@@ -190,5 +190,5 @@ def peft_config(config: dict, where: str):
                          f"installed {peft.__version__}; pip install -U peft")
     try:
         return LoraConfig(**{key: value for key, value in config.items() if key in known})
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ImportError) as err:  # ImportError: an init method needing a missing package
         raise ValueError(f"{where}: PEFT {peft.__version__} refuses this LoRA config: {err}") from None

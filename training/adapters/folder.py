@@ -10,8 +10,11 @@ or torch see it:
   named, not a traceback;
 - adapter_model.bin (pickle, which can run code when loaded): refused unless allowed, and then
   read only by torch's weights-only unpickler, which must find nothing but tensors.
-PEFT is then given the accepted config (`load_peft_adapter`), never the file. `resolve_adapter`
-turns an adapter's name (the extension's LoRA menu) into a folder strictly inside the adapters folder.
+PEFT is then given the accepted config (`load_peft_adapter`), never the file, and every tensor of
+the file must land in the model (`check_tensors_land`): PEFT loads with strict=False and drops a
+tensor whose module the base model lacks, or target_modules leaves out, without a word; so would a
+frozen stacked adapter. `resolve_adapter` turns an adapter's name (the extension's LoRA menu) into a
+folder strictly inside the adapters folder.
 
     adapter = open_adapter(Path("loras/smollm2-135m-leyes-ec"))
     adapter.config["r"], adapter.weights_file
@@ -20,6 +23,7 @@ turns an adapter's name (the extension's LoRA menu) into a folder strictly insid
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -31,6 +35,9 @@ CONFIG_NAME = "adapter_config.json"
 SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 CONFIG_MAX_BYTES = 16 << 20  # PEFT writes a few KB; a rank_pattern for every module of a 70B model, ~1 MB
+# What PEFT adds to a layer it adapts (LoRA, PEFT 0.18-0.21): the saved tensors are `<module>.<part>...`.
+PEFT_LAYER_PARTS = ("lora_", "trainable_tokens_")
+SHOWN_MODULES = 6  # modules named in a refusal; the rest are counted
 
 
 class AdapterError(ValueError):
@@ -60,6 +67,7 @@ class AdapterFolder:
     path: Path
     config: dict  # adapter_config.json, accepted
     weights_file: Path  # adapter_model.safetensors (header checked), or allowed pickle
+    tensors: tuple[str, ...]  # the names of the tensors in weights_file
 
 
 def open_adapter(adapter_dir: str | Path, allow_pickle: bool = False) -> AdapterFolder:
@@ -69,12 +77,12 @@ def open_adapter(adapter_dir: str | Path, allow_pickle: bool = False) -> Adapter
     weights_file = adapter_weights_path(adapter_dir, allow_pickle)
     if weights_file.name == SAFE_WEIGHTS_NAME:
         try:
-            check_safetensors(weights_file)
+            tensors = check_safetensors(weights_file)
         except CorruptFileError as err:
             raise AdapterError(str(err)) from None
     else:
-        check_pickle(weights_file)
-    return AdapterFolder(adapter_dir, config, weights_file)
+        tensors = check_pickle(weights_file)
+    return AdapterFolder(adapter_dir, config, weights_file, tuple(tensors))
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:
@@ -113,8 +121,9 @@ def adapter_weights_path(adapter_dir: str | Path, allow_pickle: bool = False) ->
     raise AdapterError(f"{adapter_dir}: no {SAFE_WEIGHTS_NAME} in this adapter folder")
 
 
-def check_pickle(path: Path) -> None:
-    """An allowed pickle must hold only tensors by name: read by torch's weights-only unpickler, which runs no code."""
+def check_pickle(path: Path) -> list[str]:
+    """The tensor names of an allowed pickle, which must hold only tensors by name: read by torch's weights-only
+    unpickler, which runs no code."""
     import torch
 
     try:
@@ -124,6 +133,9 @@ def check_pickle(path: Path) -> None:
                            f"({type(err).__name__}: {shorten(str(err))})") from None
     if not isinstance(tensors, dict) or not tensors or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
         raise AdapterError(f"{path.name} in {path.parent}: holds {type(tensors).__name__}, not tensors by name")
+    if not all(isinstance(name, str) for name in tensors):
+        raise AdapterError(f"{path.name} in {path.parent}: holds tensors keyed by other things than names")
+    return list(tensors)
 
 
 def load_adapter_tensors(adapter: AdapterFolder) -> dict:
@@ -143,14 +155,60 @@ def load_peft_adapter(model, adapter: AdapterFolder, name: str = "default"):
     `model` is a base model (returns a new PeftModel) or a PeftModel (the adapter is added to it, inactive).
     """
     from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
 
     config = peft_config(adapter.config, f"{CONFIG_NAME} in {adapter.path}")
     if not isinstance(model, PeftModel):
-        return PeftModel.from_pretrained(model, str(adapter.path), adapter_name=name, config=config)
-    config.inference_mode = True
-    model.add_adapter(name, config)
-    model.load_adapter(str(adapter.path), adapter_name=name)
+        model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=name, config=config)
+    else:
+        config.inference_mode = True
+        model.add_adapter(name, config)
+        model.load_adapter(str(adapter.path), adapter_name=name)
+    # what the model now holds for the adapter, named as PEFT saves it: as the tensors in its file
+    landed = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
+    check_tensors_land(f"{adapter.weights_file.name} in {adapter.path}", adapter.tensors, model, landed)
     return model
+
+
+def check_tensors_land(where: str, tensors: Iterable[str], model, landed: Collection[str] | None = None) -> None:
+    """Refuse an adapter whose tensors do not all land in `model`, naming the modules: those the base model
+    lacks, and those it has but target_modules leaves out; and the modules target_modules adapts for which
+    the file has no tensors. `landed`: the tensor names a PEFT model holds for the adapter once loaded; None,
+    before loading (a frozen stacked adapter): a tensor lands when the model has its module.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    modules = {name for name, _ in base.named_modules()}
+    tensors = set(tensors)
+    landed = {t for t in tensors if adapted_module(t) in modules} if landed is None else set(landed)
+    lost = {adapted_module(t) for t in tensors - landed}
+    problems = [f"{what}: {shown_modules(found)}" for what, found in (
+        ("tensors for modules this base model does not have (trained on another base model?)",
+         {m for m in lost if m not in modules}),
+        ("tensors for modules its target_modules leave out (adapter_config.json does not match the weights)",
+         {m for m in lost if m in modules}),
+        ("no tensors for modules its target_modules adapt (adapter_config.json does not match the weights)",
+         {adapted_module(t) for t in landed - tensors})) if found]
+    if problems:
+        raise AdapterError(f"{where}: does not fit the model it is loaded into (PEFT would load part of it "
+                           "without a word): " + "; ".join(problems)
+                           + ". Load it on the base model it was trained on, with its own adapter_config.json")
+
+
+def adapted_module(tensor: str) -> str:
+    """The base-model module an adapter tensor belongs to: `base_model.model.<module>.lora_A.weight` -> `<module>`;
+    a whole module saved with the adapter (modules_to_save): `<module>.weight` -> `<module>`."""
+    from training.adapters.factors import PEFT_PREFIX
+
+    parts = tensor.removeprefix(PEFT_PREFIX).split(".")
+    for index, part in enumerate(parts):
+        if part.startswith(PEFT_LAYER_PARTS):
+            return ".".join(parts[:index])
+    return ".".join(parts[:-1])
+
+
+def shown_modules(modules: set[str]) -> str:
+    shown = ", ".join(repr(module) for module in sorted(modules)[:SHOWN_MODULES])
+    return shown + (f" and {len(modules) - SHOWN_MODULES} more" if len(modules) > SHOWN_MODULES else "")
 
 
 def resolve_adapter(lora_dir: str | Path, name: str, must_exist: bool = True) -> Path:

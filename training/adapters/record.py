@@ -20,18 +20,51 @@ The JSON object, by `kind` (producers leave out what is unknown):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.families import family_of_model_type
+from training.families import FAMILIES, family_of_model_type
 from training.files import write_json_atomic
+from training.userdata import read_json
 
 RECORD_NAME = "spanish_ft_record.json"
 RECORD_FORMAT = 1
 KINDS = ("trained", "fused", "merged")
 BASE_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+RECORD_MAX_BYTES = 64 << 20  # a fused record lists an error per module: a few hundred KB for a 70B model
+
+
+def _maybe(kind: str, **keywords) -> dict:
+    """A JSON Schema for `kind` or null, with `keywords` (properties, items, ...)."""
+    return {"type": [kind, "null"], **keywords}
+
+
+_TEXT = _maybe("string")
+_FILE = _maybe("object", properties={"path": _TEXT, "name": _TEXT, "sha256": _TEXT})
+_ROWS = _maybe("object", properties={"train": _TEXT, "sha256": _TEXT, "sha256_of": _TEXT})
+# Every key the readers below and their callers look into, with its shape; none is required (producers
+# leave out what is unknown) and other keys are kept. Checked by training/userdata.py when read.
+RECORD_SCHEMA = {"type": "object", "properties": {
+    "format": {"type": "integer"}, "kind": {"enum": [*KINDS, None]}, "family": {"enum": [*FAMILIES, None]},
+    **dict.fromkeys(("name", "task", "preset", "created", "dtype"), _TEXT),
+    "base_model": _maybe("object", properties={"name_or_path": _TEXT, "revision": _TEXT}),
+    "template": _maybe("object", properties={"name": _TEXT, "file": _TEXT, "sha256": _TEXT}),
+    "libraries": _maybe("object", additionalProperties={"type": "string"}),
+    "base_shape": _maybe("object", properties={"model_type": _TEXT, **dict.fromkeys(BASE_SHAPE_KEYS[1:],
+                                                                                   _maybe("integer"))}),
+    "dataset": _maybe("object", properties={**_ROWS["properties"], "replay": _ROWS}),
+    "config": _maybe("object", properties={**dict.fromkeys(("lora", "quantization", "training"), _maybe("object")),
+                                           "dataset": _maybe("object", properties={"replay": _maybe("object")})}),
+    "metrics": _maybe("object"),
+    "stacked_on": _maybe("object", properties={"path": _TEXT, "name": _TEXT, "task": _TEXT,
+                                               "weights_sha256": _TEXT}),
+    "sources": _maybe("array", items={**_FILE, "type": "object",
+                                      "properties": {**_FILE["properties"], "weight": _maybe("number")}}),
+    "method": {"enum": ["cat", "svd"]}, "rank": _maybe("integer"),
+    "error": _maybe("object", properties={"relative_frobenius": _maybe("number"), "per_module": _maybe("object")}),
+    "adapter": _FILE, "dequantized_nf4": _maybe("boolean"),
+}}
 
 
 @dataclass(frozen=True)
@@ -126,17 +159,15 @@ class TrainingRecord:
 
 
 def read_record(folder: str | Path) -> TrainingRecord | None:
-    """The record of an adapter or model folder, or None for folders made by other tools."""
+    """The record of an adapter or model folder, or None for folders made by other tools.
+
+    Checked against RECORD_SCHEMA first: a record of the wrong shape raises UserFileError (a ValueError)
+    naming the file and every key that is wrong.
+    """
     path = Path(folder) / RECORD_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: unreadable training record: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: unreadable training record: a JSON object was expected")
-    return TrainingRecord(data)
+    return TrainingRecord(read_json(path, RECORD_SCHEMA, "training record", max_bytes=RECORD_MAX_BYTES))
 
 
 def write_record(folder: str | Path, record: TrainingRecord) -> None:

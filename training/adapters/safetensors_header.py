@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 HEADER_MAX_BYTES = 100_000_000  # safetensors' own limit
+NUMBER_LIMIT = 2**64  # shapes and offsets are unsigned 64-bit integers to safetensors
 # safetensors dtype -> bits per element
 DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
               "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
@@ -46,14 +47,27 @@ def check_safetensors(path: Path) -> dict[str, tuple[str, list[int]]]:
         raise _corrupt(where, f"its header is not valid JSON ({err})") from None
     if not isinstance(header, dict):
         raise _corrupt(where, f"its header is a JSON {type(header).__name__}, not an object")
-    metadata = header.pop("__metadata__", {})
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata  # null: no metadata, to safetensors too
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise _corrupt(where, "its __metadata__ is not an object of strings")
+    if not all(_unicode(text) for text in (*metadata, *metadata.values(), *header)):
+        raise _corrupt(where, "its header holds text that is not valid Unicode (a lone surrogate escape such as "
+                              "\\ud800 in a tensor name or in __metadata__)")
     if not header:
         raise CorruptFileError(f"{where}: holds no tensors")
     tensors = {name: _tensor_entry(name, entry, where) for name, entry in header.items()}
     _check_layout(header, size - 8 - header_bytes, where)
     return tensors
+
+
+def _unicode(text: str) -> bool:
+    """Whether JSON text is valid Unicode: Python reads a lone surrogate escape, safetensors refuses it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _tensor_entry(name: str, entry, where: str) -> tuple[str, list[int]]:
@@ -64,7 +78,8 @@ def _tensor_entry(name: str, entry, where: str) -> tuple[str, list[int]]:
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise _corrupt(where, f"tensor {name!r} has an unknown dtype {str(dtype)[:40]!r}")
     numbers = [*shape, *offsets] if isinstance(shape, list) and isinstance(offsets, list) else [None]
-    if len(offsets or ()) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+    if len(offsets or ()) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < NUMBER_LIMIT
+                                          for n in numbers):
         raise _corrupt(where, f"tensor {name!r} has a malformed shape or data_offsets")
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     begin, end = offsets

@@ -1,15 +1,18 @@
 """Raw training rows from a file, a local dataset folder or a hub dataset, each with its place.
 
 Every row comes with a label saying where it is (`line 17` for JSONL, `row 3 (line 4)` for
-CSV and JSON arrays, `row 12` otherwise) so that a bad row can be named. A line that is not
-UTF-8 or not valid JSON becomes a `RowError` in the stream instead of stopping the read, so
-the caller can list every bad row at once or skip them. Problems with the whole file
-(missing, empty, not a JSON array, unreadable) raise `DataError` naming it. A UTF-8 byte
-order mark (what Excel and Notepad write) is read as nothing.
+CSV and JSON arrays, `row 12` otherwise) so that a bad row can be named. A row that is not
+UTF-8, not valid JSON, or not text (a lone surrogate escape, a key given twice, a number too
+long to read: training/strict_json.py) becomes a `RowError` in the stream instead of
+stopping the read, so the caller can list every bad row at once or skip them. Problems with the
+whole file (missing, empty, not a JSON array, a CSV header naming a column twice, unreadable)
+raise `DataError` naming it. A UTF-8 byte order mark (what Excel and Notepad write) is read as
+nothing.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import json
@@ -18,18 +21,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import strict_json
+from training.strict_json import RowError, parse_row
 from training.files import BUNDLE_ROOT, find_bundle_file, sha256_file
+from training.safeyaml import shown
 
 UTF8_BOM = b"\xef\xbb\xbf"
+PARQUET_CHUNK_ROWS = 1024  # rows turned into Python objects at a time
 _BETWEEN_ELEMENTS = re.compile(r"[\s,]*")
 
 
 class DataError(ValueError):
     """A dataset that cannot be used as a whole; the message names it and the fix."""
-
-
-class RowError(ValueError):
-    """Why one row is unusable."""
 
 
 @dataclass(frozen=True)
@@ -99,33 +102,36 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
                 continue  # blank lines separate nothing in JSONL; they are not rows
             where = f"line {number}"
             try:
-                yield where, json.loads(raw.decode("utf-8"))
+                yield where, parse_row(raw.decode("utf-8"))
             except UnicodeDecodeError as err:
                 yield where, RowError(f"not UTF-8 text (bad byte 0x{raw[err.start]:02x} at column {err.start + 1})")
-            except json.JSONDecodeError as err:
-                yield where, RowError(f"invalid JSON: {err.msg} at column {err.colno}")
+            except RowError as err:
+                yield where, err
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
-        data = json.loads(text)
+        data = strict_json.loads(text)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not UTF-8 text (bad byte 0x{raw[err.start]:02x} at offset "
                         f"{err.start}); save the file as UTF-8") from err
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    except ValueError as err:
+        raise DataError(f"{path}: invalid JSON: {err}") from err
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of row objects, found a {type(data).__name__}")
     for number, (row, line) in enumerate(zip(data, _element_lines(text), strict=True), start=1):
-        yield f"row {number} (line {line})", row
+        problem = strict_json.problem(row)
+        yield f"row {number} (line {line})", RowError(problem) if problem else row
 
 
 def _element_lines(text: str) -> Iterator[int]:
     """The line on which each element of a valid top-level JSON array starts."""
-    decoder, index, line, counted = json.JSONDecoder(), text.index("[") + 1, 1, 0
+    decoder, index, line, counted = strict_json.DECODER, text.index("[") + 1, 1, 0
     while True:
         index = _BETWEEN_ELEMENTS.match(text, index).end()
         if text[index] == "]":
@@ -141,8 +147,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         try:
-            if any(_not_utf8(name) for name in reader.fieldnames or ()):
-                raise DataError(f"{path}, line 1: the header is not UTF-8 text; save the file as UTF-8")
+            _check_header(reader.fieldnames or [], path)
             for number, row in enumerate(reader, start=1):
                 where = f"row {number} (line {reader.line_num})"
                 if None in row:
@@ -154,6 +159,16 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
         except csv.Error as err:  # a cell over the csv module's size limit, a NUL byte: the rest cannot be read
             raise DataError(f"{path}, line {reader.reader.line_num}: unreadable CSV: {err} "
                             "(save long texts as JSONL, or fix the line)") from err
+
+
+def _check_header(names: list[str], path: Path) -> None:
+    if any(_not_utf8(name) for name in names):
+        raise DataError(f"{path}, line 1: the header is not UTF-8 text; save the file as UTF-8")
+    # empty names (trailing commas a spreadsheet leaves) name no field that is read
+    repeated = [name for name, count in collections.Counter(filter(None, names)).items() if count > 1]
+    if repeated:
+        raise DataError(f"{path}, line 1: the header names column {shown(repeated[0])} more than once, so only its "
+                        "last cell would be read; rename or remove the other one")
 
 
 def _not_utf8(text: str) -> bool:
@@ -169,11 +184,27 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except pyarrow.ArrowException as err:
         raise DataError(f"{path}: not a readable Parquet file: {err}") from err
-    for number, row in enumerate(rows, start=1):
-        yield f"row {number}", row
+    for start in range(0, table.num_rows, PARQUET_CHUNK_ROWS):
+        chunk = table.slice(start, PARQUET_CHUNK_ROWS)
+        try:
+            rows = chunk.to_pylist()
+        except UnicodeDecodeError:  # Parquet does not check that a string column holds UTF-8: find the rows
+            rows = [_parquet_row(chunk.slice(index, 1)) for index in range(chunk.num_rows)]
+        for number, row in enumerate(rows, start=start + 1):
+            yield f"row {number}", row
+
+
+def _parquet_row(table) -> object:
+    """The one row of `table`, or a RowError naming the first column whose text is not UTF-8."""
+    for name in table.column_names:
+        try:
+            table.column(name).to_pylist()
+        except UnicodeDecodeError:
+            return RowError(f"column {shown(name)}: not UTF-8 text")
+    return table.to_pylist()[0]
 
 
 def _hub_rows(name: str, split: str) -> Iterator[tuple[str, object]]:
@@ -186,8 +217,12 @@ def _hub_rows(name: str, split: str) -> Iterator[tuple[str, object]]:
             f"{name}: not a local data file, and loading it as a dataset (hub id or folder, split {split!r}) "
             f"failed: {type(err).__name__}: {err}"
         ) from err
-    for number, row in enumerate(dataset, start=1):
-        yield f"row {number}", row
+    number = 0
+    try:
+        for number, row in enumerate(dataset, start=1):
+            yield f"row {number}", row
+    except UnicodeDecodeError as err:  # arrow strings that are not UTF-8 fail as they are read
+        raise DataError(f"{name}, row {number + 1}: not UTF-8 text ({err.reason}); save its data as UTF-8") from err
 
 
 READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}

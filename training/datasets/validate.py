@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from training.datasets.citations import NORMS, cites
 from training.datasets.corpus.verify import check_against_corpus
 from training.datasets.derivation import derive
 from training.safeyaml import shorten, shown
+from training.strict_json import RowError, parse_row
 
 DATA_DIR = Path(__file__).resolve().parent
 SPLITS = ("train", "test")
@@ -68,13 +68,13 @@ def _read_rows(path: Path, report: Report) -> list[tuple[int, dict]]:
                 report.errors.append(f"{where}: empty line; JSON Lines needs one object per line")
             continue
         try:
-            row = json.loads(raw.decode("utf-8"))
+            row = parse_row(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
             report.errors.append(f"{where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
                                  "save the file as UTF-8")
             continue
-        except json.JSONDecodeError as err:
-            report.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
+        except RowError as err:  # not JSON, or not text: a lone surrogate, a key given twice (strict_json)
+            report.errors.append(f"{where}: {err}")
             continue
         if not isinstance(row, dict):
             report.errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")

@@ -17,11 +17,10 @@ difference listed at its top. --report must be new (or empty), or a report of ou
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from training.evaluate.report import METRICS, REPORT, machine_summary, rows_note
+from training.evaluate.report import METRICS, REPORT, machine_summary, read_report, rows_note
 from training.families import FAMILIES
 from training.files import atomic_output_dir, check_output, write_extra, write_json_atomic, write_text_atomic
 
@@ -74,12 +73,7 @@ def report_file(path: Path) -> Path:
 
 def load_run(path: Path) -> Run:
     source = report_file(Path(path))
-    try:
-        results = json.loads(source.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{source}: not a readable report.json ({err})") from err
-    if not isinstance(results, dict) or not {"variants", "tasks", "template"} <= set(results):
-        raise ValueError(f"{source}: not an evaluation report (it needs variants, tasks and template)")
+    results = read_report(source)
     family = (results.get("pipeline") or {}).get("family")
     return Run(family or Path(str(results.get("base_model", source.parent))).name, family, source, results)
 

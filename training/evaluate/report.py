@@ -3,7 +3,9 @@
 Essentials first: report.md and report.json are written together into a new report folder,
 renamed into place at once (a folder of ours, marked with training/files.py's OUTPUT_MARKER, so
 that `--replace` can recognise it later). The chart is an extra drawn afterwards: if it fails
-(matplotlib missing or broken) the command warns and the report stays whole without it.
+(matplotlib missing or broken) the command warns and the report stays whole without it. A
+report.json read back (`compare`, the pipeline's reuse) passes `read_report`: REPORT_SCHEMA, then
+every variant scored and answered in every task, so another tool's file is refused by key path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.files import atomic_output_dir, write_extra, write_json_atomic, write_text_atomic
+from training.userdata import UserFileError, read_json
 
 REPORT = "report folder"
 
@@ -19,6 +22,59 @@ METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("perplexity", "perplex
            ("citation_accuracy_named", "citations, article named ↑", "{:.0%}"),
            ("citation_accuracy_recall", "citations, article recalled ↑", "{:.0%}"),
            ("seconds_per_answer", "s/answer", "{:.2f}")]
+
+_TEXT = {"type": ["string", "null"]}
+_TEXTS = {"type": "array", "items": {"type": "string"}}
+# a score is printed with a float format: any JSON number a float can hold (NaN too: a diverged loss)
+_SCORE = {"type": "number", "minimum": -1e308, "maximum": 1e308}
+_TASK = {"type": "object", "required": ["path", "rows", "questions", "references", "scores"], "properties": {
+    "path": {"type": "string"}, "data_sha256": _TEXT, "rows": {"type": "integer", "minimum": 0},
+    "answered_rows": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
+    "questions": _TEXTS, "references": _TEXTS,
+    "scores": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _SCORE}},
+    "answers": {"type": "object", "additionalProperties": {"type": "array", "items": _TEXT}}}}
+# What `evaluate` writes and what report.md, the pipeline's reuse and `compare` read back (other keys are kept)
+REPORT_SCHEMA = {"type": "object", "required": ["base_model", "template", "variants", "tasks"], "properties": {
+    "base_model": {"type": "string"}, "template": {"type": "string"}, "template_sha256": _TEXT,
+    "variants": {**_TEXTS, "minItems": 1, "uniqueItems": True},
+    "presets": {"type": ["object", "null"], "additionalProperties": _TEXT},
+    "hardware": {"type": ["object", "null"], "properties": {"device": _TEXT}},
+    "tasks": {"type": "object", "additionalProperties": _TASK}, "inputs_sha256": _TEXT,
+    "pipeline": {"type": ["object", "null"], "properties": {
+        "family": _TEXT, "adapters": {"type": "object", "additionalProperties": {"type": "string"}}}}}}
+
+
+def read_report(path: Path) -> dict:
+    """An evaluation's report.json, checked against REPORT_SCHEMA and its own variants; UserFileError names the file."""
+    results = read_json(path, REPORT_SCHEMA, "evaluation report (report.json)", finite=False)
+    problems = [problem for name, task in results["tasks"].items() for problem in _task_gaps(name, task,
+                                                                                              results["variants"])]
+    if problems:
+        raise UserFileError(path, "evaluation report (report.json)", problems)
+    return results
+
+
+def earlier_report(path: Path, say) -> dict:
+    """The report.json an earlier run left in `path`, or {} when there is none or it is not usable (said why)."""
+    if not path.is_file():
+        return {}
+    try:
+        return read_report(path)
+    except UserFileError as err:
+        say(f"the earlier report is not reused: {err}")
+        return {}
+
+
+def _task_gaps(name: str, task: dict, variants: list[str]) -> list[str]:
+    """What a task lacks for its variants: their scores, a reference and an answer for each question."""
+    gaps = [f"tasks.{name}.scores: no scores for the variant {variant!r}" for variant in variants
+            if variant not in task["scores"]]
+    if len(task["references"]) < len(task["questions"]):
+        gaps.append(f"tasks.{name}.references: {len(task['references'])} for {len(task['questions'])} questions")
+    answers = task.get("answers", {})
+    gaps += [f"tasks.{name}.answers: {len(answers.get(v, []))} answers of {v!r} for {len(task['questions'])} "
+             "questions" for v in variants if len(answers.get(v, [])) < len(task["questions"])]
+    return gaps
 
 
 def scores_table(task: dict, variants: list[str]) -> str:

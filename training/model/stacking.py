@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from training.adapters.factors import PEFT_PREFIX, module_scale
+from training.adapters.folder import check_tensors_land
 from training.adapters.fuse import load_source
 from training.files import sha256_file
 
@@ -52,6 +53,8 @@ def stack_frozen_adapter(model: nn.Module, adapter_dir: str | Path, allow_pickle
     if not adapter_dir.is_dir():
         raise ValueError(f"{where}: no such adapter folder; train that adapter first (its recipe's output_dir)")
     source = load_source(adapter_dir, allow_pickle)
+    tensors = [key for factors in source.modules.values() for key in (factors.a_key, factors.b_key)]
+    check_tensors_land(f"{where}: {source.weights_file.name}", tensors, model)
     hooks = []
     for key, factors in source.modules.items():
         name = key.removeprefix(PEFT_PREFIX)
@@ -71,13 +74,7 @@ def stack_frozen_adapter(model: nn.Module, adapter_dir: str | Path, allow_pickle
 
 
 def _linear_layer(model: nn.Module, name: str, factors, where: str) -> nn.Module:
-    try:
-        layer = model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(
-            f"{where}: the adapter adapts {name!r}, which this base model does not have; "
-            "was it trained on another base model?"
-        ) from None
+    layer = model.get_submodule(name)  # there: check_tensors_land
     in_features, out_features = getattr(layer, "in_features", None), getattr(layer, "out_features", None)
     if in_features is None or factors.a.ndim != 2 or "embedding" in factors.a_key:
         raise ValueError(f"{where}: {name!r} is not a Linear layer; only LoRA on Linear layers can be stacked on")

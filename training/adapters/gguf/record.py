@@ -9,15 +9,17 @@ so a GGUF copied without its record is still recognised. The webui extension rea
 apply the template and preset of an exported model when the user loads it.
 
 The file rule (training/files.py says it for folders): an output file must be new, or a GGUF whose
-record proves spanish_ft made it and the user asked to replace it (--replace).
+record proves spanish_ft made it and the user asked to replace it (--replace). The record is an
+output too: a file of that name that is not the record of this export is never written over.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from training.files import OutputError
+from training.files import OutputError, check_place
 
 RECORD_SUFFIX = ".json"  # FILE.gguf -> FILE.gguf.json
 MADE_BY = "spanish_ft"
@@ -73,4 +75,10 @@ def check_output_file(out: Path, replace: bool) -> Path:
         if not replace:
             raise OutputError(f"{out} already exists: it is a GGUF of an earlier spanish_ft export; pass --replace "
                               "to replace it (replace=True from Python), or choose a new file name")
+    record = record_path(out)
+    if os.path.lexists(record) and read_gguf_record(out) is None:
+        raise OutputError(f"{record} exists and is not the record of a spanish_ft export named {out.name} (the record "
+                          f"is written beside the file); it was left as it is: move it away, or choose another name "
+                          "for the GGUF file")
+    check_place(out)
     return out
