@@ -209,6 +209,7 @@ def test_demo_refuses_a_webui_that_is_a_file_before_any_step(tmp_path, capsys, m
     webui = mine / "webui.txt"
     webui.write_text("http://localhost:7860\n", encoding="utf-8")
     refused(["demo", "--out", tmp_path / "demo", "--webui", webui], capsys, mine, webui, "Nothing was trained")
+    assert not (tmp_path / "demo").exists()  # refused before the demo folder was made
 
 
 def test_build_llama_cpp_refuses_a_users_folder_in_its_cache_before_compiling(tmp_path, capsys, monkeypatch):

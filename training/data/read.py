@@ -16,15 +16,16 @@ import collections
 import csv
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from training import strict_json
-from training.strict_json import RowError, parse_row
 from training.files import BUNDLE_ROOT, find_bundle_file, sha256_file
 from training.safeyaml import shown
+from training.strict_json import RowError, parse_row
 
 UTF8_BOM = b"\xef\xbb\xbf"
 PARQUET_CHUNK_ROWS = 1024  # rows turned into Python objects at a time
@@ -48,6 +49,10 @@ def read_source(text: str, split: str = "train") -> Source:
     path = find_bundle_file(text)
     if path is not None and path.is_file():
         return _read_file(path, text)
+    if path is None and Path(text).expanduser().is_symlink():
+        target = os.readlink(Path(text).expanduser())
+        raise DataError(f"{text}: a symbolic link that loops or points to nothing (to {target}); "
+                        "point dataset.train / dataset.eval at the data file itself")
     if path is None and (Path(text).suffix.lower() in READERS or text.startswith((".", "/", "~"))):
         raise DataError(
             f"{text}: data file not found (looked in {Path.cwd()} and in {BUNDLE_ROOT}); "

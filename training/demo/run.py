@@ -111,11 +111,12 @@ def pipeline_settings(settings: DemoSettings) -> PipelineSettings:
 
 def run_demo(settings: DemoSettings) -> dict:
     adopt_earlier_demo_folder(settings.out)
-    out = own_folder(settings.out, "demo folder")
     pipeline = pipeline_settings(settings)
-    model_dir = settings.base_model or out / "models" / DEMO_MODEL
-    show_plan(pipeline, [*plan_steps(pipeline, str(model_dir)),
-                         PlannedStep("side by side", f"base vs fused adapter on {len(DEMO_QUESTIONS)} questions")])
+    model_dir = settings.base_model or Path(settings.out) / "models" / DEMO_MODEL
+    steps = plan_steps(pipeline, str(model_dir))  # checks every output and --webui before anything is made
+    own_folder(settings.out, "demo folder")
+    side_by_side = PlannedStep("side by side", f"base vs fused adapter on {len(DEMO_QUESTIONS)} questions")
+    show_plan(pipeline, [*steps, side_by_side])
     if settings.base_model is None:
         pipeline.say(f"demo model -> {model_dir}")
         fetch_demo_model(model_dir, replace=True)

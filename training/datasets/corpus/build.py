@@ -22,7 +22,7 @@ from training.datasets.citations import NORMS, fold, norm_canonical
 from training.datasets.corpus.articles import ARTICLE, Article, split_articles
 from training.datasets.corpus.pdf import PdfError, read_pages, strip_furniture
 from training.datasets.corpus.read import CORPUS_DIR, MANIFEST, ROW_FIELDS, CorpusError, norm_slug, read_manifest
-from training.files import check_output, hold_lock, sha256_file, write_json_atomic
+from training.files import check_output, hold_lock, sha256_file, temp_sibling, write_json_atomic
 
 MIN_ARTICLES = 5
 ISO_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     out.mkdir(parents=True, exist_ok=True)
     with hold_lock(out):
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp = temp_sibling(target)
         try:
             tmp.write_text(text, encoding="utf-8")
             entry = {"file": target.name, "sha256": sha256_file(tmp), "articulos": len(rows),
