@@ -107,6 +107,11 @@ def _field(path: str) -> str:
     return f"field '{shorten(path.encode('utf-8', 'backslashreplace').decode('utf-8'))}'"
 
 
+def is_text(text: str) -> bool:
+    """Whether a str is valid Unicode, i.e. holds no lone surrogate (which Python's json lets through)."""
+    return _SURROGATE.search(text) is None
+
+
 class RowError(ValueError):
     """Why one row is unusable (the reader adds the file and line)."""
 

@@ -27,6 +27,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from training.safeyaml import load_yaml, shorten
+from training.strict_json import is_text
 
 MAX_FILE_BYTES = 256 << 20  # a report with every answer of a long evaluation is tens of MB
 MAX_LISTED_ERRORS = 20  # mistakes listed in one message; the rest are counted
@@ -115,24 +116,16 @@ def text_errors(data) -> list[str]:
         parts, value = stack.pop()
         if isinstance(value, dict):
             for key, item in value.items():
-                if isinstance(key, str) and not _encodable(key):
+                if isinstance(key, str) and not is_text(key):
                     errors.append(f"{key_path(parts) or '(top level)'}: the key {shorten(repr(key))} is not valid "
                                   "Unicode (a lone surrogate)")
                 stack.append(((*parts, key), item))
         elif isinstance(value, list):
             stack.extend(((*parts, i), item) for i, item in enumerate(value))
-        elif isinstance(value, str) and not _encodable(value):
+        elif isinstance(value, str) and not is_text(value):
             errors.append(f"{key_path(parts) or '(top level)'}: not valid Unicode text (a lone surrogate such as "
                           "\\ud800); write the character itself")
     return sorted(errors)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def schema_errors(data, schema: dict, finite: bool = True) -> list[str]:

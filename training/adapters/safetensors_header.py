@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from training.strict_json import is_text
+
 HEADER_MAX_BYTES = 100_000_000  # safetensors' own limit
 NUMBER_LIMIT = 2**64  # shapes and offsets are unsigned 64-bit integers to safetensors
 # safetensors dtype -> bits per element
@@ -51,7 +53,7 @@ def check_safetensors(path: Path) -> dict[str, tuple[str, list[int]]]:
     metadata = {} if metadata is None else metadata  # null: no metadata, to safetensors too
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise _corrupt(where, "its __metadata__ is not an object of strings")
-    if not all(_unicode(text) for text in (*metadata, *metadata.values(), *header)):
+    if not all(is_text(text) for text in (*metadata, *metadata.values(), *header)):
         raise _corrupt(where, "its header holds text that is not valid Unicode (a lone surrogate escape such as "
                               "\\ud800 in a tensor name or in __metadata__)")
     if not header:
@@ -59,15 +61,6 @@ def check_safetensors(path: Path) -> dict[str, tuple[str, list[int]]]:
     tensors = {name: _tensor_entry(name, entry, where) for name, entry in header.items()}
     _check_layout(header, size - 8 - header_bytes, where)
     return tensors
-
-
-def _unicode(text: str) -> bool:
-    """Whether JSON text is valid Unicode: Python reads a lone surrogate escape, safetensors refuses it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _tensor_entry(name: str, entry, where: str) -> tuple[str, list[int]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from training import strict_json
 from training.files import BUNDLE_ROOT, find_bundle_file, sha256_file
 from training.safeyaml import shown
-from training.strict_json import RowError, parse_row
+from training.strict_json import RowError, is_text, parse_row
 
 UTF8_BOM = b"\xef\xbb\xbf"
 PARQUET_CHUNK_ROWS = 1024  # rows turned into Python objects at a time
@@ -157,7 +157,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
                 where = f"row {number} (line {reader.line_num})"
                 if None in row:
                     yield where, RowError("more cells than the header has columns")
-                elif any(_not_utf8(value) for value in row.values() if value):
+                elif any(not is_text(value) for value in row.values() if value):
                     yield where, RowError("not UTF-8 text")
                 else:
                     yield where, {key: value for key, value in row.items() if value is not None}
@@ -167,21 +167,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _check_header(names: list[str], path: Path) -> None:
-    if any(_not_utf8(name) for name in names):
+    if any(not is_text(name) for name in names):
         raise DataError(f"{path}, line 1: the header is not UTF-8 text; save the file as UTF-8")
     # empty names (trailing commas a spreadsheet leaves) name no field that is read
     repeated = [name for name, count in collections.Counter(filter(None, names)).items() if count > 1]
     if repeated:
         raise DataError(f"{path}, line 1: the header names column {shown(repeated[0])} more than once, so only its "
                         "last cell would be read; rename or remove the other one")
-
-
-def _not_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
