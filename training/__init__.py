@@ -22,7 +22,8 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
                    drawn once per input, NF4 layers in the autocast dtype, gradient checkpointing `auto`
     retrieval/     the article search behind "Fuentes" over datasets/' law corpus, one function for the trainer
                    and the extension; the index cached by corpus sha256 (the `retrieve` command)
-    trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, the folders a run
+    trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, resume only with the
+                   recipe the checkpoint recorded, the folders a run
                    claims (locked) and leaves
     evaluate/      base vs adapters on held-out data: compare, generate, report, the machine and data it ran on;
                    across: several families' reports in one (the `compare` command)
