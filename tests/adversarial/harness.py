@@ -27,6 +27,13 @@ ROWS = [{"instruction": "¿Cuál es la capital de Ecuador?", "input": "", "outpu
         {"instruction": "Calcula 12 más 30.", "input": "", "output": "El resultado es 42."}]
 
 
+def write(path: Path, data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8) to `path`, making its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
 def user_folder(path: Path) -> Path:
     """A folder of someone's own work: a thesis, its figures, notes (nothing spanish_ft made)."""
     (path / "figuras").mkdir(parents=True)

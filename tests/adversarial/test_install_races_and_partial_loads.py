@@ -35,6 +35,7 @@ from harness import (
     make_adapter,
     refused,
     user_folder,
+    write,
     write_recipe,
     write_rows,
 )
@@ -43,12 +44,6 @@ from safetensors.torch import load_file, save_file
 RECORD = "extensions/spanish_ft/.spanish_ft-install.json"
 LOCK = ".spanish_ft-install.lock"
 HIDDEN = 64  # the tiny llama2's hidden size (tests/tiny.py)
-
-
-def write(path: Path, data: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    return path
 
 
 @pytest.fixture

@@ -16,16 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT, assert_refused, fingerprint, read_only_command, user_folder
+from harness import ROOT, assert_refused, fingerprint, read_only_command, user_folder, write
 
 RECORD = "extensions/spanish_ft/.spanish_ft-install.json"
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from harness import (
     FAST,
     assert_refused,
     fingerprint,
-    make_adapter,
     read_only_command,
     run_cli,
     user_folder,
@@ -23,15 +22,6 @@ from training.__main__ import main
 from training.files import OUTPUT_MARKER
 
 COMMANDS = ["train", "fuse", "merge", "evaluate"]
-
-
-@pytest.fixture(scope="module")
-def kit(tiny_model_dirs, tmp_path_factory) -> dict:
-    """The tiny llama2 base, two adapters, held-out rows and training rows, outside each test's tmp_path."""
-    root = tmp_path_factory.mktemp("kit")
-    base = tiny_model_dirs["llama2"]
-    return {"base": base, "a": make_adapter(base, root / "a", seed=1), "b": make_adapter(base, root / "b", seed=2),
-            "test": write_rows(root / "held-out" / "test.jsonl"), "train": write_rows(root / "train.jsonl", 8)}
 
 
 def argv(command: str, out, kit: dict, tmp_path, *extra: str, **recipe_keys) -> list[str]:

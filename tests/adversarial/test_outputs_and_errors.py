@@ -25,28 +25,17 @@ from harness import (
     assert_refused,
     cli_env,
     fingerprint,
-    make_adapter,
     read_only_command,
     refused,
     run_cli,
     user_folder,
     write_recipe,
-    write_rows,
 )
 
 from training.__main__ import main
 from training.files import LOCK_NAME, OUTPUT_MARKER, OutputError, user_message, write_extra, write_json_atomic
 
 SIZE_LIMIT_BYTES = 1024  # above a marker and a lock, below a record, a report or a weights file
-
-
-@pytest.fixture(scope="module")
-def kit(tiny_model_dirs, tmp_path_factory) -> dict:
-    """The tiny llama2 base, two adapters with records, held-out rows and training rows."""
-    root = tmp_path_factory.mktemp("kit-26")
-    base = tiny_model_dirs["llama2"]
-    return {"base": base, "a": make_adapter(base, root / "a", seed=1), "b": make_adapter(base, root / "b", seed=2),
-            "test": write_rows(root / "held-out" / "test.jsonl"), "train": write_rows(root / "train.jsonl", 8)}
 
 
 @pytest.fixture
