@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -26,6 +27,7 @@ K1, B = 0.9, 0.3
 ARTICLE_FIELDS = ("norma", "articulo", "titulo", "texto", "fecha", "edicion", "derogado")
 
 
+@cache  # constants: computed once, not on every question
 def settings_digest() -> str:
     """Digest of everything that shapes the index besides the corpus: a cache built otherwise is stale."""
     settings = {"title_repeat": TITLE_REPEAT, "lead": [LEAD_WORDS, LEAD_REPEAT], "k1": K1, "b": B,

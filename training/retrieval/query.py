@@ -10,6 +10,7 @@ from a general one ("Escribe un poema sobre el mar").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from training.datasets.citations import ARTICLES, Citation, find_citations, norm_mentions
 from training.retrieval.analyze import QUERY_STOP_WORDS, _stemmer, fold, words
@@ -46,18 +47,13 @@ class Query:
     legal_words: int  # how many of them are legal vocabulary
 
 
+@cache
 def _lexicon() -> frozenset[str]:
     return frozenset(_stemmer().stemWords(_LEXICON_WORDS.split()))
 
 
-_LEXICON: frozenset[str] | None = None
-
-
 def parse(question: str) -> Query:
     """Norms named, articles cited and content words of a question."""
-    global _LEXICON
-    if _LEXICON is None:
-        _LEXICON = _lexicon()
     folded = fold(question)
     mentions = norm_mentions(folded)
     # cut norm names and "artículo 39"-style citations out; the rest is the topic
@@ -66,7 +62,7 @@ def parse(question: str) -> Query:
     for start, end in sorted(spans, reverse=True):
         topic = topic[:start] + " " + topic[end:]
     content = words(topic, QUERY_STOP_WORDS)
-    legal = sum(stem in _LEXICON for stem in _stemmer().stemWords(content))
+    legal = sum(stem in _lexicon() for stem in _stemmer().stemWords(content))
     return Query(frozenset(m[2] for m in mentions), tuple(find_citations(question)), content, legal)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from training.datasets.citations import fold
+
 ARTICLE = re.compile(r"^Art(?:[íi]culo|\.)\s*(?P<number>\d+(?:\.\d+)*|\(\s*\.\.\.\s*\)|\.\.\.)"
                      r"\s*\.?\s*-\s*(?P<rest>.*)$")
 _ORDINAL = (r"(?:[IVXLC]+\b|\d+\w*\.?|[uú]nic[oa]|preliminar|final|primer[oa]?|segund[oa]|tercer[oa]?|cuart[oa]|"
@@ -138,12 +140,8 @@ class Outline:
 
 
 def _level(line: str) -> str:
-    word = fold_word(line.lstrip("- ").split()[0])
+    word = fold(line.lstrip("- ").split()[0])
     return word if word in LEVELS else "numeral"
-
-
-def fold_word(word: str) -> str:
-    return word.lower().translate(str.maketrans("áéíóú", "aeiou"))
 
 
 def _latest(printings: list[Article]) -> Article:
