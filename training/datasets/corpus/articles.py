@@ -13,8 +13,8 @@ What is not the law is left out here, by the shape of the line that starts it:
 Article numbers only grow: a heading whose number is lower than the last one's belongs to another
 text quoted after the law (the Constitution's Régimen de Transición, laws a code reforms) and is
 skipped with its text. A number printed twice (an article substituted by a referendum, old text
-first) keeps its last text, unless the last printing shows only the changed parts ("[...]"). "Art. (...)" (innumerado) is numbered after the article it follows:
-"42-innumerado-1".
+first) keeps its last text, unless the last printing shows only the changed parts ("[...]").
+"Art. (...)" (innumerado) is numbered after the article it follows: "42-innumerado-1".
 """
 
 from __future__ import annotations
