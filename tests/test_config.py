@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from training.config import ConfigError, load_config
-from training.families import FAMILIES, family_of_model_type
+from training.families import FAMILIES, SEVEN_B_FAMILIES, family_of_model_type
 
 ALL_RECIPES = sorted((Path(__file__).resolve().parents[1] / "training" / "recipes").glob("*.yaml"))
-RECIPES = [p for p in ALL_RECIPES if p.stem.split("-", 1)[0] in FAMILIES]  # the 7B family x task recipes
+RECIPES = [p for p in ALL_RECIPES if p.stem.split("-", 1)[0] in SEVEN_B_FAMILIES]  # the 7B family x task recipes
+DEMO_RECIPES = [p for p in ALL_RECIPES if p.stem.startswith("demo-")]
 BASE_MODELS = {
     "mistral": "mistralai/Mistral-7B-v0.1",
     "llama2": "meta-llama/Llama-2-7b-chat-hf",
@@ -32,7 +33,10 @@ MINIMAL = "base_model: some/model\nfamily: falcon\ndataset: {train: data/nowhere
 
 def test_one_recipe_per_family_and_task():
     names = {path.stem for path in RECIPES}
-    assert names == {f"{family}-{task}" for family in FAMILIES for task in ("instrucciones", "leyes-ec")}
+    assert names == {f"{family}-{task}" for family in SEVEN_B_FAMILIES for task in ("instrucciones", "leyes-ec")}
+    demo_families = {name for name, family in FAMILIES.items() if family.demo}
+    assert {p.stem for p in DEMO_RECIPES} >= {f"demo-{family}-{task}" for family in demo_families
+                                              for task in ("instrucciones", "leyes-ec")}
 
 
 @pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.stem)

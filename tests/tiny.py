@@ -2,8 +2,9 @@
 
 Nothing is downloaded: a BPE tokenizer is trained on a few Spanish sentences, shaped like
 each family's real one (Llama/Mistral: sentencepiece-style metaspace with a BOS added by
-the tokenizer; Falcon: byte-level, no BOS, `<|endoftext|>` as EOS), and a randomly
-initialised model of the family's architecture is saved beside it.
+the tokenizer; Falcon: byte-level, no BOS, `<|endoftext|>` as EOS; Gemma 3: metaspace with
+`<bos>` added, `<end_of_turn>` as EOS and its own `<pad>`), and a randomly initialised model
+of the family's architecture is saved beside it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import FalconConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
+from transformers import FalconConfig, Gemma3TextConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
-FAMILIES = ("llama2", "mistral", "falcon")
+FAMILIES = ("llama2", "mistral", "falcon", "gemma3")
 
 CORPUS = [
     "Eres un asistente útil que responde siempre en español, de forma clara, correcta y concisa.",
@@ -70,6 +71,13 @@ def build_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2
     if family == "falcon":
         return FalconConfig(**common, multi_query=True, parallel_attn=True, bias=False, alibi=False,
                             new_decoder_architecture=False, bos_token_id=0, eos_token_id=0)
+    if family == "gemma3":
+        # Gemma 3's shape in small: one KV head, head_dim apart from hidden/heads, tied embeddings scaled
+        # by sqrt(hidden), q/k norms, a sliding-window layer before a global one
+        return Gemma3TextConfig(**common, intermediate_size=hidden * 2, num_key_value_heads=1, head_dim=32,
+                                max_position_embeddings=512, sliding_window=8,
+                                layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"],
+                                pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True)
     config_class = MistralConfig if family == "mistral" else LlamaConfig
     return config_class(**common, intermediate_size=hidden * 2, num_key_value_heads=2,
                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
@@ -79,7 +87,7 @@ def build_model_dir(family: str, path: Path, seed: int = 0, hidden: int = 64, la
     """Save a tiny random model + tokenizer of `family` to `path` (a from_pretrained folder)."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = build_tokenizer("falcon" if family == "falcon" else "llama")
+    tokenizer = build_tokenizer({"falcon": "falcon", "gemma3": "gemma"}.get(family, "llama"))
     config = build_config(family, len(tokenizer), hidden=hidden, layers=layers)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

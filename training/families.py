@@ -1,6 +1,8 @@
-"""The three model families the bundle supports, in one table.
+"""The model families the bundle supports, in one table: the three 7B families (Mistral,
+LLaMA2, Falcon) and `gemma3`, the family of the CPU demo model (Gemma-3-270M, `demo=True`:
+no 7B recipe; its recipes are training/recipes/demo-gemma3-*.yaml).
 
-Everything that differs between Mistral, LLaMA2 and Falcon lives here: the transformers
+Everything that differs between the families lives here: the transformers
 `model_type`s and architecture class, the LoRA target modules (all linear layers of the
 decoder), the shipped instruction template and preset, and the `nn.Linear` subclasses that
 must be built as plain `nn.Linear` for bitsandbytes to quantise them. The trainer, the
@@ -33,6 +35,10 @@ class Family:
     # conversations packed into one row stay apart (training/data/batches.py; checked by tests/test_packing.py);
     # where False, training.data.batches.positions_separate_conversations measures the installed version.
     packs_by_position_ids: bool = False
+    # the family of the CPU demo's small model rather than a 7B family (its recipes are demo-<name>-<task>.yaml)
+    demo: bool = False
+    # tokens of the family's own chat format, for messages: the end-of-answer token the template closes a turn with
+    eos_token: str = "</s>"
 
 
 _LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -65,8 +71,22 @@ FAMILIES: dict[str, Family] = {
         preset="spanish_ft-Falcon",
         architecture="FalconForCausalLM",
         linear_subclasses=("transformers.models.falcon.modeling_falcon:FalconLinear",),
+        eos_token="<|endoftext|>",
+    ),
+    "gemma3": Family(
+        name="gemma3",
+        # the text-only Gemma 3 (Gemma3ForCausalLM: 270M, 1B); "gemma3" is the multimodal 4B-27B wrapper
+        model_types=("gemma3_text",),
+        lora_targets=_LLAMA_STYLE_TARGETS,
+        template_file="instruction-templates/spanish_ft-Gemma.yaml",
+        preset="spanish_ft-Gemma",
+        architecture="Gemma3ForCausalLM",
+        demo=True,
+        eos_token="<end_of_turn>",
     ),
 }
+
+SEVEN_B_FAMILIES: tuple[str, ...] = tuple(name for name, family in FAMILIES.items() if not family.demo)
 
 
 def family_of_model_type(model_type: str | None) -> str | None:

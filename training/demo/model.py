@@ -47,7 +47,7 @@ from training.demo.sources import (
 )
 from training.files import atomic_output_dir, check_output, write_json_atomic
 
-DEFAULT_SOURCE = "smollm2-135m"
+DEFAULT_SOURCE = "gemma3-270m"
 RECORD_NAME = "spanish_ft_demo_model.json"
 WHAT = "demo model folder"
 FORMAT_VERSION = 1  # bump when the written folder changes, so that old folders are rewritten

