@@ -115,11 +115,16 @@ def test_evaluate_scores_base_and_adapters_and_writes_the_report(tiny, tmp_path,
     plain = answer_loss(model, [encode_row(r, "alpaca", tokenizer, template) for r in ROWS])
     # The base variant (adapters disabled) is exactly the plain base model.
     assert task["scores"]["base"]["answer_loss"] == pytest.approx(plain["answer_loss"], rel=1e-5)
+    # per answer character: the same nats over the characters of the reference answers
+    chars = sum(len(r["output"]) for r in ROWS)
+    assert task["scores"]["base"]["answer_chars"] == chars
+    assert task["scores"]["base"]["answer_loss_per_char"] == pytest.approx(
+        plain["answer_loss"] * plain["answer_tokens"] / chars, rel=1e-5)
     assert abs(task["scores"]["a"]["answer_loss"] - plain["answer_loss"]) > 1e-4  # the adapter is active
     assert 0 <= task["scores"]["a"]["citation_accuracy"] <= 1
     paths = write_report(results, tmp_path / "report")
     markdown = paths[0].read_text(encoding="utf-8")
-    assert "## leyes-ec (3 held-out rows" in markdown and "| a |" in markdown
+    assert "## leyes-ec (3 held-out rows" in markdown and "| a |" in markdown and "loss per char ↓" in markdown
     assert json.loads(paths[1].read_text(encoding="utf-8"))["variants"] == ["base", "a", "b"]
     assert paths[2].stat().st_size > 1000
 

@@ -1,7 +1,8 @@
 """`python -m training evaluate`: the base model and its adapters, side by side, on held-out data.
 
 For every held-out split (a task) and every variant (the base model with adapters disabled,
-then each adapter): the answer loss and perplexity (answer tokens only, prompts rendered by
+then each adapter): the answer loss per token and per answer character (comparable across
+tokenizers) and the perplexity (answer tokens only, prompts rendered by
 the adapters' instruction template exactly as the webui renders them), greedy answers scored
 with chrF against the references, and for rows that carry a `fuente` (the leyes-ec task) the
 share of answers citing the right norm and article. Losses cover every row; with `--answer-rows N`
@@ -15,8 +16,8 @@ passes the door of training/adapters/folder.py first; PEFT gets its checked conf
 report.json also records what `python -m training compare` needs to put runs side by side: the
 machine, each adapter's preset, and the sha256 of the template and of every split.
 
-    python -m training evaluate --base models/smollm2-135m \\
-        --adapters loras/smollm2-135m-instrucciones loras/smollm2-135m-leyes-ec \\
+    python -m training evaluate --base models/gemma3-270m \\
+        --adapters loras/gemma3-270m-instrucciones loras/gemma3-270m-leyes-ec \\
         --data training/datasets/instrucciones-es/test.jsonl training/datasets/leyes-ec/test.jsonl --report report/
 """
 
@@ -58,6 +59,7 @@ class TaskData:
     references: list[str]
     sources: list[dict | None]  # the `fuente` of each row, if any
     encoded: list  # training.data.tokens.Encoded rows for the loss
+    answer_chars: int = 0  # characters of every answer the loss scores: the per-character loss divides by it
 
 
 def add_arguments(parser) -> None:
@@ -132,6 +134,7 @@ def load_task(path: str, tokenizer, template, limit: int | None, data_format: st
     """Every row of one held-out split; DataError listing each bad row with its file and line."""
     source = read_source(path)
     questions, references, sources, encoded, problems = [], [], [], [], []
+    answer_chars = 0
     for where, row in source.rows[:limit]:
         try:
             if isinstance(row, RowError):
@@ -145,11 +148,12 @@ def load_task(path: str, tokenizer, template, limit: int | None, data_format: st
             continue
         questions.append(conversation[:-1])
         references.append(conversation[-1]["content"])
+        answer_chars += sum(len(turn["content"]) for turn in conversation if turn["role"] == "assistant")
         sources.append(row.get("fuente"))
     if problems:
         raise DataError(list_problems(path, problems) + "\nfix these rows: evaluation scores every row")
     name = Path(path).parent.name or Path(path).stem
-    return TaskData(name, path, questions, references, sources, encoded)
+    return TaskData(name, path, questions, references, sources, encoded, answer_chars)
 
 
 def names_its_article(question: str, fuente: dict) -> bool:
@@ -266,7 +270,7 @@ def evaluate_task(model, tokenizer, template, task: TaskData, variants: list[str
     with tqdm(total=len(variants) * len(task.encoded), desc=f"loss {task.name}", unit="row") as progress:
         for variant in variants:
             with active_variant(model, None if variant == BASE else variant), loss_autocast(model, bf16_loss):
-                entry["scores"][variant] = loss_in_steps(model, task.encoded, progress)
+                entry["scores"][variant] = loss_in_steps(model, task.encoded, progress, task.answer_chars)
     with tqdm(total=len(variants) * len(picked), desc=f"answers {task.name}", unit="answer") as progress:
         for variant in variants:
             answers = []
@@ -299,11 +303,14 @@ def loss_autocast(model, bf16_loss: bool):
     return contextlib.nullcontext()
 
 
-def loss_in_steps(model, rows: list, progress) -> dict:
+def loss_in_steps(model, rows: list, progress, answer_chars: int = 0) -> dict:
     """answer_loss over all rows, computed ROWS_PER_CALL rows at a time so that `progress` moves.
 
     The loss is a sum over answer tokens, so the order of the rows does not change it: batches of
     rows of similar length carry little padding (on 2 CPU cores this pass costs minutes).
+    With `answer_chars` (the answers' characters), also `answer_loss_per_char`: the same nats divided
+    by characters instead of tokens, comparable across tokenizers (Gemma's 262k-token vocabulary
+    spends fewer tokens on a Spanish sentence than SmolLM2's 49k one, so its loss per token is higher).
     """
     by_length = sorted(rows, key=lambda row: len(row.input_ids))
     total = tokens = 0
@@ -312,4 +319,7 @@ def loss_in_steps(model, rows: list, progress) -> dict:
         total, tokens = total + part["answer_loss"] * part["answer_tokens"], tokens + part["answer_tokens"]
         progress.update(len(by_length[start:start + ROWS_PER_CALL]))
     loss = total / tokens
-    return {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "answer_tokens": tokens}
+    scores = {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "answer_tokens": tokens}
+    if answer_chars:
+        scores |= {"answer_loss_per_char": total / answer_chars, "answer_chars": answer_chars}
+    return scores

@@ -17,7 +17,8 @@ from training.userdata import UserFileError, read_json
 
 REPORT = "report folder"
 
-METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("perplexity", "perplexity ↓", "{:.1f}"),
+METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("answer_loss_per_char", "loss per char ↓", "{:.3f}"),
+           ("perplexity", "perplexity ↓", "{:.1f}"),
            ("chrf", "chrF ↑", "{:.1f}"), ("citation_accuracy", "citations ↑", "{:.0%}"),
            ("citation_accuracy_named", "citations, article named ↑", "{:.0%}"),
            ("citation_accuracy_recall", "citations, article recalled ↑", "{:.0%}"),
