@@ -152,6 +152,9 @@ def test_cat_of_different_ranks_equals_both_adapters_active(family, tiny_model_d
     assert relative_error(logits_of(load_base(base, family)), expected) > 0.05  # the adapters matter
     ranks = {layer.r[result.out_dir.name] for layer in model.modules() if isinstance(layer, LoraLayer)}
     assert result.rank == 12 and ranks == {12}
+    # a fused Gemma adapter carries the Gemma Terms of Use notice (family from the sources' records)
+    notice = result.out_dir / "NOTICE"
+    assert notice.is_file() == (family == "gemma3") and (family != "gemma3" or "Gemma Terms" in notice.read_text())
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

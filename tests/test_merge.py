@@ -43,7 +43,7 @@ def base_plus_adapter_logits(base, family, adapter, nf4=False) -> torch.Tensor:
     return logits_of(PeftModel.from_pretrained(load_base(base, family, nf4), adapter))
 
 
-@pytest.mark.parametrize("family", ["llama2", "falcon"])
+@pytest.mark.parametrize("family", ["llama2", "falcon", "gemma3"])
 def test_merged_model_equals_base_plus_adapter(family, tiny_model_dirs, adapter_of, tmp_path):
     out = merge_to_model(
         MergeSettings(adapter_of[family], tmp_path / "merged", dtype="float32", max_shard_size="100KB")
@@ -60,6 +60,8 @@ def test_merged_model_equals_base_plus_adapter(family, tiny_model_dirs, adapter_
     )
     record = json.loads((out / "spanish_ft_record.json").read_text())
     assert record["kind"] == "merged" and record["family"] == family and record["template"]["sha256"] == "0" * 64
+    # a model made from Gemma carries the Gemma Terms of Use notice; the others carry none
+    assert (out / "NOTICE").is_file() == (family == "gemma3")
 
 
 def test_bfloat16_merge_is_saved_in_bfloat16(tiny_model_dirs, adapter_of, tmp_path):

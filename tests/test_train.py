@@ -95,7 +95,7 @@ class Capture(TrainerCallback):
         self.model = model
 
 
-@pytest.mark.parametrize("family", ["llama2", "mistral", "falcon"])
+@pytest.mark.parametrize("family", ["llama2", "mistral", "falcon", "gemma3"])
 def test_nf4_training_changes_only_lora_and_the_adapter_reloads_exactly(family, tiny_model_dirs, train_file, tmp_path):
     config = make_config(
         tmp_path,
@@ -129,7 +129,10 @@ def test_nf4_training_changes_only_lora_and_the_adapter_reloads_exactly(family, 
         "spanish_ft_record.json",
         "README.md",
         "loss.png",
+        *(["NOTICE"] if family == "gemma3" else []),  # the Gemma Terms of Use travel with everything made from Gemma
     }
+    if family == "gemma3":
+        assert "Gemma Terms of Use" in (output / "NOTICE").read_text() in (output / "README.md").read_text()
     umask = os.umask(0)
     os.umask(umask)
     modes = {p.stat().st_mode & 0o777 for p in output.iterdir()}

@@ -37,9 +37,16 @@ class Family:
     packs_by_position_ids: bool = False
     # the family of the CPU demo's small model rather than a 7B family (its recipes are demo-<name>-<task>.yaml)
     demo: bool = False
-    # tokens of the family's own chat format, for messages: the end-of-answer token the template closes a turn with
+    # the end-of-answer token the family's template closes an assistant turn with
     eos_token: str = "</s>"
+    # a licence notice that every file made from the family's models must carry (NOTICE, cards, GGUF metadata)
+    notice: str = ""
 
+
+GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
+GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms. "
+                "This is a model or adapter derived from Google's Gemma; the Gemma Terms of Use apply to it and to "
+                "everything made from it.\n")
 
 _LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -83,10 +90,16 @@ FAMILIES: dict[str, Family] = {
         architecture="Gemma3ForCausalLM",
         demo=True,
         eos_token="<end_of_turn>",
+        notice=GEMMA_NOTICE,
     ),
 }
 
 SEVEN_B_FAMILIES: tuple[str, ...] = tuple(name for name, family in FAMILIES.items() if not family.demo)
+
+
+def notice_of(family: str | None) -> str:
+    """The licence notice files made from this family's models carry ("" for none or an unknown family)."""
+    return FAMILIES[family].notice if family in FAMILIES else ""
 
 
 def family_of_model_type(model_type: str | None) -> str | None:

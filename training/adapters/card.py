@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from training.adapters.record import RECORD_NAME, TrainingRecord
+from training.families import notice_of
+
+NOTICE_NAME = "NOTICE"
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -66,4 +71,24 @@ and preset `{preset}`. {origin}
 
 The full record (base model and revision, template sha256, dataset sha256, configuration,
 library versions) is in `{RECORD_NAME}` beside this card.
-"""
+{_licence(record)}"""
+
+
+def _licence(record: TrainingRecord) -> str:
+    notice = notice_of(record.family)
+    if not notice:
+        return ""
+    return (f"\n## Licence\n\n**Español.** Se aplican los términos de licencia del modelo base; ver `{NOTICE_NAME}`.\n\n"
+            f"**English.** {notice}See `{NOTICE_NAME}` in this folder.\n")
+
+
+def write_card(folder: Path, record: TrainingRecord) -> None:
+    """README.md from the record, and NOTICE when the base model's licence asks every derived file to carry one."""
+    (Path(folder) / "README.md").write_text(render_model_card(record), encoding="utf-8")
+    write_notice(folder, record.family)
+
+
+def write_notice(folder: Path, family: str | None) -> None:
+    notice = notice_of(family)
+    if notice:
+        (Path(folder) / NOTICE_NAME).write_text(notice, encoding="utf-8")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.adapters.card import render_model_card
+from training.adapters.card import write_card
 from training.adapters.factors import PEFT_PREFIX, compress_svd, module_scale, split_lora_tensors, stack_factors
 from training.adapters.folder import CONFIG_NAME, SAFE_WEIGHTS_NAME, load_adapter_tensors, open_adapter
 from training.adapters.fusable import check_fusable_config, check_same, fused_adapter_config
@@ -207,7 +207,7 @@ def fuse_adapters(
         save_file(tensors, str(tmp / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
         write_json_atomic(tmp / CONFIG_NAME, config)
         write_record(tmp, record)
-        (tmp / "README.md").write_text(render_model_card(record), encoding="utf-8")
+        write_card(tmp, record)
     return FuseResult(Path(out_dir), errors, overall, config["r"])
 
 

@@ -28,8 +28,10 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from training.adapters.card import write_notice
 from training.adapters.folder import CONFIG_NAME, AdapterFolder, load_peft_adapter, open_adapter
 from training.adapters.record import RECORD_NAME, TrainingRecord, merged_record, read_record, write_record
+from training.families import family_of_model_type
 from training.files import atomic_output_dir, check_output, sha256_file
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -150,7 +152,9 @@ def merge_to_model(settings: MergeSettings) -> Path:
     with atomic_output_dir(settings.out, replace=settings.replace, marker=RECORD_NAME, what=MODEL) as tmp:
         merged.save_pretrained(tmp, max_shard_size=settings.max_shard_size)
         tokenizer.save_pretrained(tmp)
-        write_record(tmp, merge_record(settings, adapter, base))
+        record = merge_record(settings, adapter, base)
+        write_record(tmp, record)
+        write_notice(tmp, record.family or family_of_model_type(base_config.model_type))
     return settings.out
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from training.adapters.card import render_model_card
+from training.adapters.card import write_card
 from training.adapters.record import RECORD_NAME, TrainingRecord, write_record
 from training.config import RunConfig
 from training.files import (
@@ -87,7 +87,7 @@ def save_adapter(trainer, config: RunConfig, record: TrainingRecord, replace: bo
             model.save_pretrained(folder, state_dict=state, safe_serialization=True)
             write_record(folder, record)
             # replaces the card PEFT writes with ours, made from the record
-            (folder / "README.md").write_text(render_model_card(record), encoding="utf-8")
+            write_card(folder, record)
         if not config.training.keep_checkpoints:
             remove_checkpoints(config.work_dir)
         history = trainer.state.log_history
