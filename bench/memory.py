@@ -1,9 +1,12 @@
-"""Training memory on the CPU: QLoRA against 16-bit LoRA on the demo SmolLM2-135M, measured and estimated.
+"""Training memory on the CPU: QLoRA against 16-bit LoRA on a demo model, measured and estimated.
 
     python bench/memory.py [MODEL_DIR] [--batch 4] [--seq-len 256]
+    python bench/memory.py demo-output/models/gemma3-270m --batch 2 --seq-len 128 --variants qlora,lora-bf16
 
-MODEL_DIR defaults to demo-output/models/smollm2-135m (make it with
-`python -m training fetch-demo-model demo-output/models/smollm2-135m`). Each variant runs in
+MODEL_DIR is one of the demo models (`python -m training fetch-demo-model MODEL_DIR --model NAME`):
+SmolLM2-135M (`smollm2-135m`, the default folder demo-output/models/smollm2-135m) or Gemma-3-270M
+(`gemma3-270m`); the family and the template are those of the demo recipe for the model's
+architecture (training/recipes/demo-*-instrucciones.yaml). Each variant runs in
 a fresh subprocess, on one thread, with MALLOC_MMAP_THRESHOLD_=65536 so that freed buffers
 leave the resident set (glibc would otherwise keep them and hide the real peak):
 - `loaded`: resident memory (RSS) of the loaded, LoRA-wrapped model (r16, every linear layer)
@@ -13,9 +16,10 @@ leave the resident set (glibc would otherwise keep them and hide the real peak):
   (training.train.build_trainer, gradient checkpointing on, LoRA dropout 0.05, AdamW, as the
   recipes), above the same baseline. Synthetic rows are `--seq-len` tokens each (answer labels
   on the second half).
-Variants: `qlora` (NF4 weights, 16-bit embeddings, fp32 compute: the CPU default),
+Variants: `qlora` (NF4 weights, 16-bit embeddings, `auto` compute: fp32, or bf16 under autocast on
+CPUs with AMX/AVX512-BF16; the estimate takes the dtype the run used),
 `qlora-emb4bit` (as `qlora` with `quantization.embeddings: 4bit`), `lora-bf16` (16-bit weights
-and compute), `lora-fp32` (bits=16 on the CPU: fp32 weights), `qlora-full-logits` (as `qlora`,
+and compute), `lora-fp32` (bits=16, fp32 weights and compute), `qlora-full-logits` (as `qlora`,
 but the loss of transformers' Trainer: full fp32 logits instead of TRL's chunked LM head), and
 `qlora-padded` / `qlora-packed` (four real rows of instrucciones-es, padded vs packed). The
 estimator (`training.memory.estimate.estimate` with `device="cpu"`) is printed next to each variant. The
@@ -41,7 +45,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_MODEL = "demo-output/models/smollm2-135m"
-TEMPLATE = "instruction-templates/spanish_ft-ChatML.yaml"
+DEMO_RECIPES = "training/recipes/demo-*-instrucciones.yaml"
 MB = 1024**2
 TEST_ROWS = "training/datasets/instrucciones-es/test.jsonl"
 STEPS = 2  # the peak of the second step: optimizer states exist, as in every step of a real run
@@ -50,7 +54,7 @@ VARIANTS = {
     "qlora": (4, "auto", "fused", "synthetic", "16bit"),
     "qlora-emb4bit": (4, "auto", "fused", "synthetic", "4bit"),
     "lora-bf16": (16, "bfloat16", "fused", "synthetic", "16bit"),
-    "lora-fp32": (16, "auto", "fused", "synthetic", "16bit"),
+    "lora-fp32": (16, "float32", "fused", "synthetic", "16bit"),
     "qlora-full-logits": (4, "auto", "full", "synthetic", "16bit"),
     "qlora-padded": (4, "auto", "fused", "padded", "16bit"),
     "qlora-packed": (4, "auto", "fused", "packed", "16bit"),
@@ -68,11 +72,27 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
+def demo_family_and_template(model_dir: str) -> tuple[str, str]:
+    """The family and template of the demo recipe whose family is this model's (SmolLM2: llama2 + ChatML)."""
+    from training.config import read_recipe
+    from training.families import family_of_model_type
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    family = family_of_model_type(model_type)
+    for path in sorted(ROOT.glob(DEMO_RECIPES)):
+        recipe = read_recipe(path)
+        if recipe["family"] == family:
+            return family, recipe["template"]
+    raise SystemExit(f"{model_dir}: model_type {model_type!r} (family {family}) has no demo recipe among "
+                     f"{DEMO_RECIPES}; the bench runs the demo models: smollm2-135m, gemma3-270m")
+
+
 def bench_config(model_dir: str, variant: str, batch: int, work: Path):
     from training.config import load_config
 
     bits, compute, _, _, embeddings = VARIANTS[variant]
-    recipe = {"family": "llama2", "base_model": model_dir, "template": TEMPLATE, "output_dir": str(work / "out"),
+    family, template = demo_family_and_template(model_dir)
+    recipe = {"family": family, "base_model": model_dir, "template": template, "output_dir": str(work / "out"),
               "dataset": {"train": "training/datasets/instrucciones-es/train.jsonl", "max_tokens": 384}}
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.yaml").write_text(json.dumps(recipe), encoding="utf-8")
@@ -95,7 +115,7 @@ def bench_rows(config, tokenizer, rows: str, batch: int, seq_len: int) -> list:
         generator = random.Random(0)
         ids = [[generator.randrange(10, len(tokenizer)) for _ in range(seq_len)] for _ in range(batch)]
         return [Encoded(row, [IGNORE_INDEX] * (seq_len // 2) + row[seq_len // 2 :]) for row in ids]
-    encoded, _ = load_split(config.data.train, config.data, tokenizer, load_template(ROOT / TEMPLATE))
+    encoded, _ = load_split(config.data.train, config.data, tokenizer, load_template(config.template_path))
     return random.Random(0).sample(encoded, batch)
 
 
@@ -150,10 +170,11 @@ def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -
     loaded = {f"loaded_{name}_mb": (memory_kb(field) - idle[field]) / 1024
               for name, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
     # Synthetic rows are all `seq_len` long: padded batches of them hold no padding and have the estimator's shape.
-    batching = choose_batching(VARIANTS[variant][3] == "packed", "llama2", tokenizer.pad_token_id)
+    batching = choose_batching(VARIANTS[variant][3] == "packed", config.model.family, tokenizer.pad_token_id)
     data, device = SimpleNamespace(train=as_dataset(rows), eval=None), torch.device("cpu")
     callbacks = [ResetPeakAtLastStep()]
-    trainer = build_trainer(config, model, tokenizer, data, device, compute_dtype("auto", device), callbacks, batching)
+    dtype = compute_dtype(config.quantization.compute_dtype, device)  # as training/train.py resolves it
+    trainer = build_trainer(config, model, tokenizer, data, device, dtype, callbacks, batching)
     if VARIANTS[variant][2] == "full":  # transformers' own loss: model(**batch).loss on full fp32 logits
         trainer = Trainer(model=model, args=trainer.args, train_dataset=data.train, data_collator=batching.collator,
                           callbacks=callbacks)
@@ -162,6 +183,7 @@ def worker(variant: str, model_dir: str, batch: int, seq_len: int, work: Path) -
     lengths = [len(r.input_ids) for r in rows]
     return loaded | {
         "variant": variant,
+        "compute_dtype": str(dtype).removeprefix("torch."),
         "peak_mb": (memory_kb("VmHWM") - idle["VmRSS"]) / 1024,
         "step_s": (time.perf_counter() - started) / STEPS,
         "tokens_real": sum(lengths),
@@ -186,7 +208,7 @@ def answer_loss_worker(name: str, model_dir: str, work: Path) -> dict:
     config = bench_config(model_dir, "qlora", 4, work)
     quantization = dataclasses.replace(config.quantization, bits=bits, embeddings=embeddings)
     tokenizer = load_tokenizer(config.model)
-    rows = load_task(str(ROOT / TEST_ROWS), tokenizer, load_template(ROOT / TEMPLATE), None).encoded
+    rows = load_task(str(ROOT / TEST_ROWS), tokenizer, load_template(config.template_path), None).encoded
     model = load_base_model(config.model, quantization, False, torch.device("cpu")).eval()
     with torch.no_grad():
         return {"quality": name} | answer_loss(model, rows)
@@ -204,16 +226,17 @@ def run_worker(name: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int, trained: int) -> float:
-    """The estimator's peak for this variant's shape; `trained`: positions carrying loss (the LM head scores those)."""
+def estimated_mb(model_dir: str, variant: str, batch: int, seq_len: int, result: dict) -> float:
+    """The estimator's peak for this variant's shape, in the compute dtype the run used (`auto` is bfloat16 on
+    CPUs with AMX/AVX512-BF16), for the positions carrying loss (the LM head scores those)."""
     from training.memory.arch import load_model_config
     from training.memory.estimate import MemorySettings, estimate
 
-    bits, compute, loss, _, embeddings = VARIANTS[variant]
-    share = min(1.0, trained / (batch * (seq_len - 1)))
+    bits, _, loss, _, embeddings = VARIANTS[variant]
+    share = min(1.0, result["trained_positions"] / (batch * (seq_len - 1)))
     settings = MemorySettings(method="qlora" if bits < 16 else "lora", bits=bits, seq_len=seq_len, batch=batch,
-                              rank=16, device="cpu", compute=compute, embeddings=embeddings, loss=loss,
-                              trained_share=share)
+                              rank=16, device="cpu", compute=result["compute_dtype"], embeddings=embeddings,
+                              loss=loss, trained_share=share)
     result = estimate(load_model_config(model_dir), settings)
     return result.total_bytes / MB
 
@@ -228,7 +251,7 @@ def padding_share_of_random_batches(model_dir: str, batch: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = bench_config(model_dir, "qlora", batch, Path(tmp))
-    tokenizer, template = load_tokenizer(config.model), load_template(ROOT / TEMPLATE)
+    tokenizer, template = load_tokenizer(config.model), load_template(config.template_path)
     encoded, _ = load_split(config.data.train, config.data, tokenizer, template)
     lengths = [len(r.input_ids) for r in encoded]
     generator, real, padded = random.Random(0), 0, 0
@@ -238,7 +261,17 @@ def padding_share_of_random_batches(model_dir: str, batch: int) -> float:
     return 1 - real / padded
 
 
-def report(results: dict, estimates: dict, losses: dict, padding_share: float, args) -> dict:
+def estimator_shape(name: str, result: dict, args) -> tuple[int, int]:
+    """(batch, seq_len) the estimator gets: the synthetic rows' shape, or the real rows' padded or packed one."""
+    if name == "qlora-padded":
+        return args.batch, result["longest"]
+    if name == "qlora-packed":
+        return 1, result["tokens_real"]
+    return args.batch, args.seq_len
+
+
+def print_variants(results: dict, estimates: dict) -> dict:
+    """The table of measured and estimated peaks; returns each variant's estimate error."""
     print(f"{'variant':18} {'loaded MB':>10} {'(anon/file)':>13} {'peak MB':>9} {'estimate':>9} {'error':>7} "
           f"{'step s':>7}  tokens")
     errors = {name: estimates[name] / results[name]["peak_mb"] - 1 for name in estimates}
@@ -246,6 +279,11 @@ def report(results: dict, estimates: dict, losses: dict, padding_share: float, a
         print(f"{name:18} {r['loaded_rss_mb']:10.0f} {r['loaded_anon_mb']:6.0f}/{r['loaded_file_mb']:<6.0f} "
               f"{r['peak_mb']:9.0f} {estimates[name]:9.0f} {errors[name]:+7.1%} {r['step_s']:7.1f}  "
               f"{r['tokens_real']} real of {r['tokens_computed']}")
+    return errors
+
+
+def report(results: dict, estimates: dict, losses: dict, padding_share: float, args) -> dict:
+    errors = print_variants(results, estimates)
     q, q4, bf16, full = (results[name] for name in ("qlora", "qlora-emb4bit", "lora-bf16", "qlora-full-logits"))
     figures = {
         "loaded_ratio": round(q["loaded_rss_mb"] / bf16["loaded_rss_mb"], 3),
@@ -301,7 +339,8 @@ def main() -> int:
     model_dir = Path(args.model) if Path(args.model).is_absolute() else ROOT / args.model
     if not (model_dir / "config.json").is_file():
         print(f"{model_dir}: no model here; make it with "
-              f"`python -m training fetch-demo-model {DEFAULT_MODEL}`", file=sys.stderr)
+              f"`python -m training fetch-demo-model {DEFAULT_MODEL} --model smollm2-135m` (or "
+              f"`... demo-output/models/gemma3-270m --model gemma3-270m`)", file=sys.stderr)
         return 2
     args.model = str(model_dir)
     if args.worker:
@@ -315,15 +354,13 @@ def main() -> int:
         results[name] = run_worker(name, args)
         print(f"  {name}: loaded {results[name]['loaded_rss_mb']:.0f} MB, peak {results[name]['peak_mb']:.0f} MB",
               flush=True)
+    estimates = {name: estimated_mb(args.model, name, *estimator_shape(name, result, args), result)
+                 for name, result in results.items()}
     if set(results) != set(VARIANTS):
-        print(json.dumps(results))
+        errors = print_variants(results, estimates)
+        print(json.dumps({"results": results, "estimate_mb": estimates, "estimate_error": errors}))
         return 0
     losses = {name: run_worker(name, args) for name in QUALITY}
-    longest, real = results["qlora-padded"]["longest"], results["qlora-packed"]["tokens_real"]
-    shapes = {name: (args.batch, args.seq_len) for name in VARIANTS}
-    shapes.update({"qlora-padded": (args.batch, longest), "qlora-packed": (1, real)})
-    estimates = {name: estimated_mb(args.model, name, *shape, results[name]["trained_positions"])
-                 for name, shape in shapes.items()}
     figures = report(results, estimates, losses, padding_share_of_random_batches(args.model, args.batch), args)
     print(json.dumps(figures))
     return 0

@@ -3,9 +3,15 @@
 Each term names the tensor autograd saves (checked against `torch.autograd.graph.
 saved_tensors_hooks` on real models in tests/test_memory.py) for transformers 5.6 + PEFT LoRA:
 - Llama/Mistral: RMSNorm upcasts its input to fp32 and saves it; SDPA saves q, k, v, the output
-  and a log-sum-exp per head; under a padding mask K/V are repeated to all heads and the boolean
-  mask is converted to a float bias that each layer saves; the gated MLP saves gate, SiLU(gate)
-  and up.
+  and a log-sum-exp per head; under a mask K/V are repeated to all heads (a copy, except for one
+  K/V head, whose repeat is a stride-0 view) and the boolean mask is converted to a float bias
+  that each layer saves; the gated MLP saves gate, SiLU(gate) and up. A mask comes with padding
+  (a batch of several rows) and, in a sliding-window layer, with rows as long as the window.
+- Gemma 3 on top: four norms per layer, so the attention's and the MLP's outputs are saved too
+  (as the post-norms' fp32 inputs); the q/k norms save q and k before them, with statistics per
+  head; every norm saves its (1 + weight), a new fp32 tensor per call; GELU-tanh saves its input
+  as SiLU does; the embedding's scale by sqrt(hidden) saves only the scalar (a frozen embedding:
+  nothing). Sliding-window layers (window 512 on Gemma-3-270M) have a mask from 512 tokens on.
 - Falcon (one K/V head), transformers 5.6: SDPA cannot run a fused kernel on mismatched heads and
   falls back to the math path, which saves q, the expanded K and V, and the softmax probabilities
   (batch x heads x seq x seq). Later releases run Falcon through transformers' shared attention
@@ -42,23 +48,25 @@ def falcon_math_attention(arch: Architecture) -> bool:
     return arch.family == "falcon" and arch.kv_heads == 1 < arch.heads and not _falcon_has_attention_interface()
 
 
-def _attention_saved(arch: Architecture, batch: int, seq_len: int, b: int) -> dict[str, int]:
+def _attention_saved(arch: Architecture, batch: int, seq_len: int, b: int, sliding: bool) -> dict[str, int]:
     tokens, q_dim = batch * seq_len, arch.heads * arch.head_dim
     if falcon_math_attention(arch):
         return {
             "attention q, k, v (math SDPA: the one K/V head expanded to all heads)": 3 * tokens * q_dim * b,
             "attention probabilities (batch x heads x seq^2)": batch * arch.heads * seq_len**2 * b,
         }
-    padded = batch > 1  # a batch of several rows has padding, so SDPA gets a mask
+    # a batch of several rows has padding, and a row as long as the window needs the window's shape:
+    # SDPA gets a mask (transformers' _ignore_causal_mask_sdpa)
+    masked = batch > 1 or (sliding and seq_len >= arch.sliding_window)
     if arch.family == "falcon":  # the shared interface: the K/V heads are broadcast, not copied
         kv_dim = q_dim if arch.kv_heads > 1 else arch.kv_heads * arch.head_dim
-    else:
-        kv_dim = q_dim if padded else arch.kv_heads * arch.head_dim
+    else:  # repeat_kv copies several K/V heads to all heads; one K/V head becomes a stride-0 view
+        kv_dim = q_dim if masked and arch.kv_heads > 1 else arch.kv_heads * arch.head_dim
     terms = {
         "attention q, k, v, output (SDPA)": tokens * (2 * q_dim + 2 * kv_dim) * b,
         "attention log-sum-exp (fp32)": tokens * arch.heads * 4,
     }
-    if padded:
+    if masked:
         terms["attention mask as float bias"] = batch * seq_len**2 * b
     return terms
 
@@ -78,26 +86,42 @@ def _linear_inputs(arch: Architecture, tokens: int, b: int, mask_b: int, dropout
     return {"linear inputs (norm outputs, MLP product)": tokens * shared * b}
 
 
+def _rms_norms_saved(arch: Architecture, tokens: int, method: str, b: int) -> dict[str, int]:
+    """What the RMSNorms of one layer save: each its own fp32 input (distinct tensors) and statistics."""
+    qk_rows = tokens * (arch.heads + arch.kv_heads) if arch.qk_norm else 0  # one row per head and token
+    terms = {"norm inputs (RMSNorm upcasts to fp32)": arch.layer_norms * tokens * arch.hidden * 4,
+             "norm statistics (fp32)": arch.layer_norms * tokens * 4}
+    if arch.qk_norm:
+        terms["q/k norm inputs and statistics (fp32)"] = qk_rows * (arch.head_dim + 1) * 4
+    if arch.norm_plus_one:
+        terms["norm scales 1 + weight (fp32, made anew by each norm)"] = arch.norm_params * 4
+    if method == "full":  # the norm weights' gradients need the normalised inputs
+        normalised = arch.layer_norms * tokens * arch.hidden + qk_rows * arch.head_dim
+        # Llama casts them to the input's dtype before the weight; Gemma multiplies in fp32
+        terms["normalised inputs for norm-weight gradients"] = normalised * (4 if arch.norm_plus_one else b)
+    return terms
+
+
 def layer_saved_bytes(
-    arch: Architecture, method: str, batch: int, seq_len: int, rank: int, dropout: float, b: int, device: str
+    arch: Architecture, method: str, batch: int, seq_len: int, rank: int, dropout: float, b: int, device: str,
+    sliding: bool = False,
 ) -> dict[str, int]:
-    """Bytes autograd saves in one decoder layer during a training forward, by named term."""
+    """Bytes autograd saves in one decoder layer (a sliding-window one if `sliding`) during a training
+    forward, by named term."""
     tokens = batch * seq_len
     if arch.family == "falcon":
         # LayerNorm keeps its input in the compute dtype; parallel attention has one input
         distinct_inputs = 1 if arch.parallel_attn else 2
-        terms = {"norm inputs": tokens * arch.hidden * b * distinct_inputs}
+        terms = {"norm inputs": tokens * arch.hidden * b * distinct_inputs,
+                 "norm statistics (fp32)": arch.layer_norms * tokens * 8}
         mlp = {"MLP up-projection (GELU input)": tokens * arch.intermediate * b}
     else:
-        terms = {"norm inputs (RMSNorm upcasts to fp32)": 2 * tokens * arch.hidden * 4}
-        mlp = {"MLP gate, SiLU(gate), up": 3 * tokens * arch.intermediate * b}
-    terms["norm statistics (fp32)"] = arch.layer_norms * tokens * (8 if arch.family == "falcon" else 4)
-    terms.update(_attention_saved(arch, batch, seq_len, b))
+        terms = _rms_norms_saved(arch, tokens, method, b)
+        mlp = {"MLP gate, activation(gate), up": 3 * tokens * arch.intermediate * b}
+    terms.update(_attention_saved(arch, batch, seq_len, b, sliding))
     terms.update(mlp)
     if method == "full":
         terms.update(_linear_inputs(arch, tokens, b, 0, 0.0))
-        if arch.family == "llama":  # the norm weights' gradients need the normalised inputs
-            terms["normalised inputs for norm-weight gradients"] = 2 * tokens * arch.hidden * b
     else:
         terms.update(_linear_inputs(arch, tokens, b, b if device == "cpu" else 1, dropout))
         terms["LoRA A outputs"] = len(arch.linears) * tokens * rank * b

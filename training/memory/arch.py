@@ -1,9 +1,13 @@
 """A decoder's shapes from its config.json (local, shipped or from the hub): layers, linears, parameters.
 
 Covers the bundle's families generically from config fields: Llama, Mistral and Gemma 3 (separate
-q/k/v/o projections, gated MLP, RMSNorm; Gemma 3 with four norms per layer and q/k norms) and Falcon (fused query_key_value, multi-query or
-grouped KV in the new decoder architecture, parallel attention, LayerNorm). Original Falcon
-configs (`RefinedWeb*`, `n_embd`/`n_head`/`n_layer`) are read too.
+q/k/v/o projections, gated MLP, RMSNorm) and Falcon (fused query_key_value, multi-query or grouped
+KV in the new decoder architecture, parallel attention, LayerNorm). Original Falcon configs
+(`RefinedWeb*`, `n_embd`/`n_head`/`n_layer`) are read too. Gemma 3 adds to the Llama shape: four
+RMSNorms per layer (before and after attention and the MLP) that scale by (1 + weight), RMSNorms
+on each head's queries and keys, head_dim apart from hidden/heads, tied embeddings, and
+sliding-window layers (`layer_types`) beside full-attention ones; Mistral with a `sliding_window`
+slides in every layer.
 
     arch = architecture_of(load_model_config("mistral-7b"))  # or a config.json, a model folder, a hub id
     arch.total_params   # 7241732096, what model.num_parameters() reports
@@ -34,7 +38,7 @@ class Architecture:
     """One decoder-only model; `linears` are one decoder layer's linear layers (all LoRA targets)."""
 
     name: str
-    family: str  # "llama" (Llama, Mistral) or "falcon"
+    family: str  # "llama" (Llama, Mistral, Gemma 3) or "falcon"
     hidden: int
     intermediate: int
     layers: int
@@ -47,7 +51,17 @@ class Architecture:
     norm_params: int  # per decoder layer
     final_norm_params: int
     parallel_attn: bool = False
-    layer_norms: int = 2  # norms per decoder layer (Falcon's parallel attention has one)
+    layer_norms: int = 2  # norms per decoder layer (Falcon's parallel attention has one, Gemma 3 four)
+    qk_norm: bool = False  # an RMSNorm on each head's queries and keys (Gemma 3)
+    norm_plus_one: bool = False  # RMSNorm scales by (1 + weight), a new fp32 tensor per call (Gemma)
+    sliding_window: int = 0  # tokens a sliding-window layer attends to (0: none)
+    sliding_layers: int = 0  # how many of the layers use it
+
+    @property
+    def layer_kinds(self) -> dict[bool, int]:
+        """{sliding: how many layers} for the kinds of layer this model has (attention differs between them)."""
+        return {sliding: count for sliding, count in ((False, self.layers - self.sliding_layers),
+                                                      (True, self.sliding_layers)) if count}
 
     @property
     def linear_weights_per_layer(self) -> int:
@@ -113,7 +127,8 @@ def architecture_of(config: dict) -> Architecture:
     model_type = config.get("model_type")
     family = family_of_model_type(model_type)
     if family is None:
-        raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: llama, mistral, falcon, gemma3_text")
+        raise ValueError(f"config.json: model_type {model_type!r} is not supported; "
+                         "supported: llama, mistral, falcon, gemma3_text")
     arch = _falcon(config) if family == "falcon" else _llama(config, family)
     name = config.get("_name_or_path") or (config.get("architectures") or [family])[0]
     return dataclasses.replace(arch, name=name)
@@ -135,15 +150,32 @@ def _llama(config: dict, family: str) -> Architecture:
         Linear("up_proj", hidden, inter, mlp_bias),
         Linear("down_proj", inter, hidden, mlp_bias),
     )
+    layers = _field(config, "num_hidden_layers")
     # Gemma 3: RMSNorms before and after attention and the MLP, and on each head's queries and keys
     gemma = family == "gemma3"
     return Architecture(
-        name=family, family="llama", hidden=hidden, intermediate=inter, layers=_field(config, "num_hidden_layers"),
+        name=family, family="llama", hidden=hidden, intermediate=inter, layers=layers,
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=_field(config, "vocab_size"),
         tied_embeddings=bool(config.get("tie_word_embeddings", gemma)), linears=linears,
         norm_params=(4 * hidden + 2 * head_dim) if gemma else 2 * hidden, final_norm_params=hidden,  # RMSNorm: a weight
-        layer_norms=4 if gemma else 2,
+        layer_norms=4 if gemma else 2, qk_norm=gemma, norm_plus_one=gemma,
+        sliding_window=config.get("sliding_window") or 0, sliding_layers=_sliding_layers(config, family, layers),
     )
+
+
+def _sliding_layers(config: dict, family: str, layers: int) -> int:
+    """How many layers attend through a sliding window, as transformers builds them."""
+    if not config.get("sliding_window") or family == "llama2":
+        return 0
+    if family == "mistral":  # MistralAttention passes config.sliding_window to every layer
+        return layers
+    # Gemma3TextConfig: `layer_types`, or every `sliding_window_pattern`-th layer global (default 6)
+    pattern = config.get("sliding_window_pattern") or config.get("_sliding_window_pattern") or 6
+    types = config.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                          for i in range(layers)]
+    if len(types) != layers:
+        raise ValueError(f"config.json: layer_types has {len(types)} entries for num_hidden_layers {layers}")
+    return types.count("sliding_attention")
 
 
 def _falcon(config: dict) -> Architecture:

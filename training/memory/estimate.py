@@ -14,10 +14,12 @@ and the CUDA context.
 Assumptions (each one is a choice a run can change; the numbers move with it):
 - Compute dtype (`--compute-dtype`, as the recipe key): `auto` is bf16 under autocast on a GPU
   and fp32 on the CPU (`--device cpu`: no CUDA context; what a CPU run holds on top of the idle
-  torch process, which the bench subtracts).
+  torch process, which the bench subtracts). The trainer's `auto` is bf16 on CPUs with AMX or
+  AVX512-BF16 too (training/model/load.py: compute_dtype): pass `--compute-dtype bfloat16` there.
 - 4/8-bit models (training/model/load.py): the embedding and LM head stay 16-bit (or NF4 with
   `--embeddings 4bit`), the other unquantised weights (norms, biases) are upcast to fp32 by the
-  k-bit preparation. 16-bit models hold every weight in the compute dtype.
+  k-bit preparation, and the residual stream is fp32 (what gradient checkpointing keeps per
+  layer). 16-bit models hold every weight, and the residual stream, in the compute dtype.
 - LoRA/QLoRA: LoRA weights in fp32 (PEFT's `autocast_adapter_dtype=True`, and our trainer keeps
   them so); their gradients and AdamW states are fp32. Full fine-tuning keeps weights, gradients
   and torch AdamW states in the weights' dtype. Gradients and optimizer states are counted
@@ -26,7 +28,11 @@ Assumptions (each one is a choice a run can change; the numbers move with it):
   64-weight block (fp32, or 8-bit + an fp32 per 256 blocks with double quantisation).
   8-bit is LLM.int8: 1 byte per weight + an fp32 scale per output row.
 - Attention is PyTorch SDPA; a training batch of more than one row has padding, so SDPA gets
-  a mask (GQA heads are repeated and the mask is kept as a float bias per layer).
+  a mask (GQA heads are repeated and the mask is kept as a float bias per layer); so does a
+  sliding-window layer (Gemma 3, Mistral) from rows as long as its window on.
+- Inference: the KV cache holds the whole prompt in every layer at the end of the prefill, the
+  sliding-window layers' too (transformers' DynamicSlidingWindowLayer keeps a view of the whole
+  prompt's K/V until the first generated token), which is when the estimate is taken.
 - The loss is TRL's fused LM head (`--loss fused`, our trainer's): no full logits, but on the
   CPU its torch fallback holds about 8 float32 tiles of up to 4096 tokens x 32768 vocabulary
   columns, which for small models with large vocabularies sets the peak. `--loss full` is
@@ -179,15 +185,21 @@ def _training_activations(arch, s: MemorySettings, compute_bytes: int):
     """(saved activations, the largest transient at the peak, what that transient is)."""
     tokens = s.batch * s.seq_len
     head_bytes = compute_bytes if s.bits == 16 else 2 if s.embeddings == "16bit" else 0
-    layer = sum(layer_saved_bytes(arch, s.method, s.batch, s.seq_len, s.rank, s.lora_dropout, compute_bytes,
-                                  s.device).values())
+    # the residual stream (what checkpointing keeps per layer): fp32 in a 4/8-bit model, whose embedding
+    # output is cast up (training/model/embeddings.py) and whose fp32 norms keep it there; else the compute dtype
+    residual_bytes = 4 if s.bits < 16 else compute_bytes
+    # sliding-window and full-attention layers save different attention terms
+    kinds = {sliding: sum(layer_saved_bytes(arch, s.method, s.batch, s.seq_len, s.rank, s.lora_dropout,
+                                            compute_bytes, s.device, sliding).values())
+             for sliding in arch.layer_kinds}
     loss_saved, loss_peak, loss_note = head_and_loss_bytes(
-        arch, s.batch, s.seq_len, compute_bytes, head_bytes, s.method == "full", s.device, s.loss, s.trained_share)
+        arch, s.batch, s.seq_len, compute_bytes, head_bytes, s.method == "full", s.device, s.loss, s.trained_share,
+        residual_bytes)
     outside = final_norm_saved(arch, tokens, compute_bytes) + loss_saved
-    saved = ((arch.layers * tokens * arch.hidden * compute_bytes if s.gradient_checkpointing else arch.layers * layer)
-             + outside)
+    every_layer = sum(count * kinds[sliding] for sliding, count in arch.layer_kinds.items())
+    saved = (arch.layers * tokens * arch.hidden * residual_bytes if s.gradient_checkpointing else every_layer) + outside
     backward = (layer_backward_bytes(arch, s.batch, s.seq_len, compute_bytes, s.bits)
-                + (layer if s.gradient_checkpointing else 0))
+                + (max(kinds.values()) if s.gradient_checkpointing else 0))
     if loss_peak >= backward:
         return saved, loss_peak, loss_note
     return saved, backward, "one layer's backward working set (recomputed activations + gradients in flight)"

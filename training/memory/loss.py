@@ -47,13 +47,15 @@ def final_norm_saved(arch: Architecture, tokens: int, b: int) -> int:
 
 def head_and_loss_bytes(
     arch: Architecture, batch: int, seq_len: int, b: int, head: int, trains_head: bool, device: str, loss: str,
-    trained_share: float = 1.0,
+    trained_share: float = 1.0, hidden_bytes: int | None = None,
 ) -> tuple[int, int, str]:
     """(bytes saved from the loss's forward to its backward, bytes of its backward's peak, what that peak is).
 
     `b`: bytes per compute element; `head`: bytes per stored head weight (2, 4, or 0 for NF4,
     read through a dequantised 16-bit copy); `trained_share`: share of the positions whose next
-    token carries loss (1.0, the upper bound, for plain text; answer-only rows have less).
+    token carries loss (1.0, the upper bound, for plain text; answer-only rows have less);
+    `hidden_bytes`: bytes per element of the final hidden states (the residual stream's dtype,
+    fp32 in a 4/8-bit model; None: the compute dtype).
     """
     tokens = batch * seq_len
     cast = (head or 2) != b  # the head is multiplied in the compute dtype, through a cast copy
@@ -64,7 +66,7 @@ def head_and_loss_bytes(
         return tokens * 8, logits + weight, note
     scored = max(1, round(batch * (seq_len - 1) * trained_share))  # only labelled positions (training/trainer/build.py)
     rows, columns = min(scored, TOKEN_CHUNK), min(arch.vocab, VOCAB_CHUNK)
-    saved = scored * (arch.hidden * b + 8) + (arch.vocab * arch.hidden * 2 if head == 0 else 0)
+    saved = scored * (arch.hidden * (hidden_bytes or b) + 8) + (arch.vocab * arch.hidden * 2 if head == 0 else 0)
     per_element = b + (0 if device == "cuda" else TORCH_TILE_BYTES)
     backward = rows * columns * per_element + scored * arch.hidden * 4
     backward += columns * arch.hidden * b if cast else 0

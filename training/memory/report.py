@@ -94,7 +94,9 @@ ANCHORS = (
            7.4, False, dict(batch=2, seq_len=2048, rank=8, lora_dropout=0.0),
            "batch 2 packed to 2048 (no padding), rank 8, activation checkpointing, torch.compile; torchtune's "
            "chunked cross-entropy, like TRL's fused LM head in our trainer, never holds tokens x 128256 fp32 "
-           "logits at once (they would add ~5.5 GiB); we count a padding mask per layer that packing avoids"),
+           "logits at once (they would add ~5.5 GiB); we count a padding mask per layer that packing avoids, "
+           "and checkpointed hidden states in fp32 (a PEFT k-bit model's residual stream; torchtune's stays bf16, "
+           "~1 GiB less here)"),
 )
 
 
