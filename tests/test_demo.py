@@ -1,6 +1,6 @@
 """The demo pipeline end to end on a tiny random model: QLoRA training of both adapters from the
 demo recipes, exact fusion, evaluation report, side-by-side answers, install into a webui.
-(The full demo on SmolLM2 is a documented command, not a test.)"""
+(The full demo on Gemma-3-270M is a documented command, not a test.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from training.adapters.record import TrainingRecord, read_record
-from training.demo.run import DemoSettings, run_demo
+from training.demo.run import DEMO_MODEL, DemoSettings, run_demo
 
 TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
             "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
@@ -30,26 +30,26 @@ def make_webui_skeleton(path: Path) -> Path:
 @pytest.mark.slow
 def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_path, capsys):
     webui = make_webui_skeleton(tmp_path / "webui")
-    settings = DemoSettings(out=tmp_path / "demo", retrain=True, webui=webui, base_model=tiny_model_dirs["llama2"],
+    settings = DemoSettings(out=tmp_path / "demo", retrain=True, webui=webui, base_model=tiny_model_dirs["gemma3"],
                             recipe_overrides=TINY_RUN, eval_limit=3, max_new_tokens=4)
     results = run_demo(settings)
 
     loras = tmp_path / "demo" / "loras"
-    fused = read_record(loras / "smollm2-135m-fusionado").data
+    fused = read_record(loras / f"{DEMO_MODEL}-fusionado").data
     assert fused["kind"] == "fused"
-    assert [s["name"] for s in fused["sources"]] == ["smollm2-135m-instrucciones", "smollm2-135m-leyes-ec"]
-    leyes = read_record(loras / "smollm2-135m-leyes-ec").data  # trained on top of instrucciones, with replay
-    assert leyes["stacked_on"]["path"] == str(loras / "smollm2-135m-instrucciones")
+    assert [s["name"] for s in fused["sources"]] == [f"{DEMO_MODEL}-instrucciones", f"{DEMO_MODEL}-leyes-ec"]
+    leyes = read_record(loras / f"{DEMO_MODEL}-leyes-ec").data  # trained on top of instrucciones, with replay
+    assert leyes["stacked_on"]["path"] == str(loras / f"{DEMO_MODEL}-instrucciones")
     assert leyes["dataset"]["replay"]["rows"] == 100
-    assert results["variants"] == ["base", *(f"smollm2-135m-{t}" for t in ("instrucciones", "leyes-ec", "fusionado"))]
+    assert results["variants"] == ["base", *(f"{DEMO_MODEL}-{t}" for t in ("instrucciones", "leyes-ec", "fusionado"))]
     assert set(results["tasks"]) == {"instrucciones-es", "leyes-ec"}
-    assert "citation_accuracy" in results["tasks"]["leyes-ec"]["scores"]["smollm2-135m-fusionado"]
+    assert "citation_accuracy" in results["tasks"]["leyes-ec"]["scores"][f"{DEMO_MODEL}-fusionado"]
     report = tmp_path / "demo" / "report"
     assert (report / "report.md").is_file() and (report / "chart.png").is_file()
     installed = webui / "user_data"
-    assert (installed / "loras" / "smollm2-135m-fusionado" / "adapter_model.safetensors").is_file()
-    assert (installed / "models" / "smollm2-135m" / "config.json").is_file()
-    assert (installed / "instruction-templates" / "spanish_ft-ChatML.yaml").is_file()
+    assert (installed / "loras" / f"{DEMO_MODEL}-fusionado" / "adapter_model.safetensors").is_file()
+    assert (installed / "models" / DEMO_MODEL / "config.json").is_file()
+    assert (installed / "instruction-templates" / "spanish_ft-Gemma.yaml").is_file()
     output = capsys.readouterr().out
     assert "¿Cuál es la capital de Ecuador?" in output and "fusionado:" in output
 
@@ -61,15 +61,15 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     # instrucciones trained again (another adapter): leyes-ec, stacked on the old one, is trained again too
     import shutil
 
-    shutil.rmtree(loras / "smollm2-135m-instrucciones")
+    shutil.rmtree(loras / f"{DEMO_MODEL}-instrucciones")
     run_demo(DemoSettings(**{**settings.__dict__, "recipe_overrides": [*TINY_RUN, "training.seed=7"], "webui": None}))
     third = capsys.readouterr().out
-    assert "was trained on top of another smollm2-135m-instrucciones" in third, third
-    leyes = read_record(loras / "smollm2-135m-leyes-ec").data
+    assert f"was trained on top of another {DEMO_MODEL}-instrucciones" in third, third
+    leyes = read_record(loras / f"{DEMO_MODEL}-leyes-ec").data
     from training.files import sha256_file
 
     assert leyes["stacked_on"]["weights_sha256"] == sha256_file(
-        loras / "smollm2-135m-instrucciones" / "adapter_model.safetensors")
+        loras / f"{DEMO_MODEL}-instrucciones" / "adapter_model.safetensors")
     assert json.loads((report / "report.json").read_text(encoding="utf-8"))["inputs_sha256"]
 
 
@@ -108,8 +108,8 @@ def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset()
 
     fused = BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado"
     name, penalty = preset_repetition_penalty(fused)
-    assert name == "spanish_ft-ChatML"
-    preset = yaml.safe_load((BUNDLE / "presets" / "spanish_ft-ChatML.yaml").read_text(encoding="utf-8"))
+    assert name == "spanish_ft-Gemma"
+    preset = yaml.safe_load((BUNDLE / "presets" / "spanish_ft-Gemma.yaml").read_text(encoding="utf-8"))
     assert penalty == preset["repetition_penalty"]
     assert preset_repetition_penalty(BUNDLE / "training") == (None, None)  # no record: plain greedy
 
@@ -118,7 +118,7 @@ def test_a_demo_folder_of_an_earlier_version_is_adopted_and_a_foreign_one_is_not
     from training.demo.run import adopt_earlier_demo_folder
     from training.files import is_ours
 
-    earlier = tmp_path / "demo-output"
+    earlier = tmp_path / "demo-output"  # a SmolLM2-era demo folder (spanish_ft 0.1)
     (earlier / "models" / "smollm2-135m").mkdir(parents=True)
     (earlier / "models" / "smollm2-135m" / "spanish_ft_demo_model.json").write_text("{}", encoding="utf-8")
     (earlier / "report").mkdir()

@@ -130,3 +130,19 @@ def test_plans_for_the_7b_families_on_16_and_24_gb_gpus(capsys, tmp_path):
     assert "step 'evaluate' needs about" in capsys.readouterr().err
     assert main(["pipeline", "--family", "mistral", "--plan-only", "--gpu-memory", "16", "--eval-bits", "4"]) == 0
     assert not (tmp_path / "f").exists()
+
+
+def test_cpu_time_comes_from_the_nearest_measured_model_and_the_estimate_uses_the_trainers_dtype(monkeypatch):
+    cpu = plan.Device("cpu", "CPU", 8 << 30, 8 << 30)
+    gemma = plan.throughput(268_098_176, cpu)
+    assert gemma[0] == 120.0 and gemma[1].startswith("measured") and "Gemma-3-270M" in gemma[1]
+    assert plan.throughput(134_515_008, cpu)[1].startswith("measured") and "SmolLM2" in plan.throughput(
+        134_515_008, cpu)[1]
+    rate, how = plan.throughput(1_000_000_000, cpu)  # a 1B model: scaled from the nearer reference, Gemma's
+    assert rate == pytest.approx(120.0 * 268_098_176 / 1e9) and "Gemma-3-270M" in how and "scaled" in how
+    # `auto` is what the trainer computes in: bf16 on a CPU with native bf16, else fp32; a GPU resolves its own
+    monkeypatch.setattr(plan, "cpu_has_native_bf16", lambda: True)
+    assert plan.training_compute("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(plan, "cpu_has_native_bf16", lambda: False)
+    assert plan.training_compute("auto", cpu) == "float32" and plan.training_compute("float16", cpu) == "float16"
+    assert plan.training_compute("auto", plan.Device("cuda", "GPU", 1, 1)) == "auto"

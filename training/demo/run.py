@@ -142,10 +142,10 @@ def adopt_earlier_demo_folder(out: Path) -> None:
     if not out.is_dir() or out.is_symlink() or is_ours(out):
         return
     entries = {entry.name for entry in out.iterdir()}
-    model_record = out / "models" / DEMO_MODEL / "spanish_ft_demo_model.json"
+    model_record = any((out / "models").glob("*/spanish_ft_demo_model.json"))  # this demo model or an earlier one
     report = out / "report" / "report.json"
     demo_report = report.is_file() and '"inputs_sha256"' in report.read_text(encoding="utf-8", errors="replace")
-    if not entries or not entries <= LEGACY_DEMO_ENTRIES or not (model_record.is_file() or demo_report):
+    if not entries or not entries <= LEGACY_DEMO_ENTRIES or not (model_record or demo_report):
         return
     mark_as_ours(out, "demo folder")
     if demo_report and not is_ours(report.parent):

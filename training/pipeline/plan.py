@@ -30,8 +30,13 @@ from training.model.load import cpu_has_native_bf16
 
 BYTES_PER_TOKEN = 3.5  # Spanish JSONL rows with the family tokenizers: about 3.5 bytes of file per token
 # Training throughput in tokens/s (prompt + answer) of a model of `params` parameters, with gradient
-# checkpointing; without it a step is about 1.4x faster (measured on the CPU, issue 15).
-CPU_REFERENCE = (80.0, 134_515_008, "measured: the shipped demo adapters, SmolLM2-135M on 2 CPU cores")
+# checkpointing; without it a step is about 1.4x faster (measured on the CPU, issue 15). A model near
+# neither is scaled by parameters from the nearer one (Gemma's cost is mostly its 262k-token LM head:
+# parameters are a rough guide).
+CPU_REFERENCES = (
+    (80.0, 134_515_008, "measured: the previous demo adapters, SmolLM2-135M on 2 CPU cores"),
+    (120.0, 268_098_176, "measured: the demo adapters, Gemma-3-270M on 2 idle CPU cores (bf16)"),
+)
 GPU_CLASSES = (  # (up to GB of memory, class, tokens/s of a 7B QLoRA step): assumed, not measured
     (17e9, "16 GB class (T4: fp16)", 300.0),
     (26e9, "24 GB class (A10G, L4, RTX 3090/4090)", 900.0),
@@ -109,7 +114,16 @@ def training_memory(config: RunConfig, model: dict, device: Device) -> tuple[int
 
 def _training_peak(config: RunConfig, model: dict, device: Device, checkpointing: bool) -> int:
     return recipe_peak_bytes(config, model, device.kind, config.data.max_tokens, checkpointing,
-                             compute=config.quantization.compute_dtype)
+                             compute=training_compute(config.quantization.compute_dtype, device))
+
+
+def training_compute(setting: str, device: Device) -> str:
+    """The compute dtype the trainer will use (training/model/load.py: compute_dtype), for the estimate:
+    `auto` on a CPU is bfloat16 where it multiplies bf16 natively, else float32 (a GPU's `auto` the estimator
+    resolves itself)."""
+    if setting != "auto" or device.kind != "cpu":
+        return setting
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def evaluation_memory(model: dict, device: Device, seq_len: int, bits: int) -> int:
@@ -153,7 +167,7 @@ def training_time(config: RunConfig, params: int, device: Device, checkpointing:
 def throughput(params: int, device: Device) -> tuple[float, str]:
     """Training tokens/s with checkpointing for a model of `params` parameters on `device`, and its source."""
     if device.kind == "cpu":
-        rate, reference, source = CPU_REFERENCE
+        rate, reference, source = min(CPU_REFERENCES, key=lambda ref: abs(math.log(params / ref[1])))
         if abs(params - reference) / reference < 0.05:
             return rate, source
         return rate * reference / params, f"assumed: {source}, scaled by parameters"
