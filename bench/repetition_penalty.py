@@ -1,9 +1,10 @@
-"""Which repetition penalty suits the demo preset (spanish_ft-ChatML): the fused demo adapter's
+"""Which repetition penalty suits the demo preset (spanish_ft-Gemma): the fused demo adapter's
 greedy answers to every 5th held-out row of each task, scored by chrF and citation accuracy.
 
     python bench/repetition_penalty.py [1.0 1.05 1.1 1.2]
 
-Needs the demo model (`python -m training fetch-demo-model demo-output/models/smollm2-135m`).
+Needs the demo model (`python -m training fetch-demo-model demo-output/models/gemma3-270m`, which the
+demo writes too).
 The penalty applies, as in the webui, to every token already in the prompt or the answer; answers
 are generated one prompt at a time. About 4 minutes per value on 2 cores.
 """
@@ -27,10 +28,12 @@ def main(penalties: list[float]) -> None:
     from training.evaluate.generate import active_variant, generate_answers
     from training.templates import load_template
 
-    fused = BUNDLE / "loras" / "smollm2-135m-fusionado"
+    from training.demo.run import DEMO_MODEL
+
+    fused = BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado"
     template = load_template(adapter_template([fused], None))
-    model, tokenizer, names = load_model_with_adapters(str(BUNDLE / "demo-output/models/smollm2-135m"), [fused], False)
-    data = {task: [json.loads(line) for line in (BUNDLE / f"training/data/{task}/test.jsonl").open(encoding="utf-8")][::5]
+    model, tokenizer, names = load_model_with_adapters(str(BUNDLE / "demo-output/models" / DEMO_MODEL), [fused], False)
+    data = {task: [json.loads(line) for line in (BUNDLE / f"training/datasets/{task}/test.jsonl").open(encoding="utf-8")][::5]
             for task in ("leyes-ec", "instrucciones-es")}
 
     def conversation(row: dict) -> list[dict]:
