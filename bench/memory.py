@@ -73,7 +73,8 @@ def reset_peak() -> None:
 
 
 def demo_family_and_template(model_dir: str) -> tuple[str, str]:
-    """The family and template of the demo recipe whose family is this model's (SmolLM2: llama2 + ChatML)."""
+    """The family and template of the demo recipe whose family is this model's (Gemma-3-270M: gemma3 + Gemma;
+    the previous demo model, SmolLM2-135M, is a llama2 model prompted in bench/previous-demo's ChatML)."""
     from training.config import read_recipe
     from training.families import family_of_model_type
 
@@ -83,6 +84,8 @@ def demo_family_and_template(model_dir: str) -> tuple[str, str]:
         recipe = read_recipe(path)
         if recipe["family"] == family:
             return family, recipe["template"]
+    if family == "llama2":  # SmolLM2-135M, the previous demo model
+        return family, "bench/previous-demo/spanish_ft-ChatML.yaml"
     raise SystemExit(f"{model_dir}: model_type {model_type!r} (family {family}) has no demo recipe among "
                      f"{DEMO_RECIPES}; the bench runs the demo models: smollm2-135m, gemma3-270m")
 

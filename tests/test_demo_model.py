@@ -15,7 +15,7 @@ from training.files import OutputError, sha256_file
 
 EOS_TOKEN = SOURCES["smollm2-135m"].eos_token
 
-CHATML = "instruction-templates/spanish_ft-ChatML.yaml"
+CHATML = "bench/previous-demo/spanish_ft-ChatML.yaml"  # the previous demo model's template, kept for the bench
 
 
 def _fake_folder(path, sha="abc", version=FORMAT_VERSION):

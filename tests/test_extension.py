@@ -217,3 +217,21 @@ def test_memory_panel_numbers_equal_the_cli(model, tiny_model_dirs):
         assert shown.pop("total") == gib(cli["total_bytes"])
         assert {k: v for k, v in shown.items() if v != "—"} == {
             PART_LABELS.get(k, k): gib(v) for k, v in cli["breakdown"].items()}
+
+
+def test_the_shipped_demo_adapters_are_recognised_on_the_demo_model_with_the_gemma_profile(tmp_path):
+    """loras/gemma3-270m-*: family gemma3, fit the Gemma-3-270M config the webui loads, Gemma's template and preset."""
+    import json
+
+    found, problems = scan_adapters(ROOT / "loras")
+    assert problems == []
+    demo = {name: info for name, info in found.items() if name.startswith("gemma3-270m-")}
+    assert set(demo) == {"gemma3-270m-instrucciones", "gemma3-270m-leyes-ec", "gemma3-270m-fusionado"}
+    config = json.loads((ROOT / "training" / "memory" / "configs" / "gemma3-270m.json").read_text(encoding="utf-8"))
+    for name, info in demo.items():
+        assert info.family == "gemma3" and check_base_model(info, config, "gemma3-270m") == [], name
+        profile = resolve_profile(info, TEMPLATES, PRESETS, WebuiPaths(tmp_path, tmp_path / "user_data"))
+        assert (profile.template, profile.preset) == ("spanish_ft-Gemma", "spanish_ft-Gemma")
+        assert (ROOT / "loras" / name / "NOTICE").read_text(encoding="utf-8").startswith("Gemma is provided under")
+    # a 7B adapter on the demo model is named as the wrong family
+    assert "familia gemma3" in " ".join(check_base_model(demo["gemma3-270m-fusionado"], {"model_type": "llama"}))

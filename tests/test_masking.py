@@ -18,7 +18,6 @@ CASES = {
     "spanish_ft-Mistral": ("llama", "</s>"),
     "spanish_ft-Llama-2-chat": ("llama", "</s>"),
     "spanish_ft-Falcon": ("falcon", "<|endoftext|>"),
-    "spanish_ft-ChatML": ("llama", "<|im_end|>"),
     "spanish_ft-Gemma": ("gemma", "<end_of_turn>"),
 }
 CONVERSATION = [

@@ -35,7 +35,9 @@ def conversations():
 
 def test_templates_ship_one_per_family_with_unclashing_names():
     names = {path.stem for path in TEMPLATES}
-    assert {"spanish_ft-Mistral", "spanish_ft-Llama-2-chat", "spanish_ft-Falcon", "spanish_ft-ChatML"} <= names
+    from training.families import FAMILIES
+
+    assert names == {Path(family.template_file).stem for family in FAMILIES.values()}  # one per family, no other
     assert not names & WEBUI_TEMPLATE_NAMES
 
 
@@ -106,14 +108,6 @@ def test_falcon_plain_role_format():
     assert golden("spanish_ft-Falcon").render(TWO_TURNS, add_generation_prompt=True) == expected
 
 
-def test_chatml_format():
-    expected = (
-        f"<|im_start|>system\n{SYS}<|im_end|>\n<|im_start|>user\n{Q1}<|im_end|>\n"
-        f"<|im_start|>assistant\n{A1}<|im_end|>\n<|im_start|>user\n{Q2}<|im_end|>\n<|im_start|>assistant\n"
-    )
-    assert golden("spanish_ft-ChatML").render(TWO_TURNS, add_generation_prompt=True) == expected
-
-
 def test_gemma_matches_gemma_turn_format():
     # Gemma 3: no system role; its chat template puts the system text first in the first user turn
     expected = (f"<bos><start_of_turn>user\n{SYS}\n\n{Q1}<end_of_turn>\n<start_of_turn>model\n{A1}<end_of_turn>\n"
@@ -123,10 +117,10 @@ def test_gemma_matches_gemma_turn_format():
 
 def test_answer_segments_end_with_the_end_of_turn():
     ends = {"spanish_ft-Mistral": "</s>", "spanish_ft-Llama-2-chat": " </s>", "spanish_ft-Falcon": "<|endoftext|>",
-            "spanish_ft-ChatML": "<|im_end|>\n", "spanish_ft-Gemma": "<end_of_turn>\n"}
+            "spanish_ft-Gemma": "<end_of_turn>\n"}
     for name, end in ends.items():
         answers = [s.text for s in golden(name).split(TWO_TURNS[:3]) if s.trained]
-        assert answers == [(" " if name not in ("spanish_ft-ChatML", "spanish_ft-Gemma") else "") + A1 + end]
+        assert answers == [(" " if name != "spanish_ft-Gemma" else "") + A1 + end]
 
 
 def test_message_text_is_stripped_like_the_webui_history():

@@ -162,7 +162,7 @@ def test_render_refuses_a_template_of_the_wrong_shape(tmp_path, capsys, thesis, 
 def test_render_refuses_a_conversation_of_the_wrong_shape(capsys, thesis, data, said):
     conversation = thesis / "conversacion.json"
     conversation.write_text(json.dumps(data), encoding="utf-8")
-    refused(["render", "instruction-templates/spanish_ft-ChatML.yaml", conversation], capsys, thesis, conversation,
+    refused(["render", "instruction-templates/spanish_ft-Gemma.yaml", conversation], capsys, thesis, conversation,
             said)
 
 
