@@ -9,14 +9,23 @@ adds a tiny llama model and tiny adapters with spanish_ft training records
   `python -m training render` for the same conversation, for every shipped template;
 - the extension loads, applies the adapter's profile at start-up, reads its params from
   settings.yaml, and warns in the console when two adapters are loaded through the API;
-- in headless Chromium (when Playwright and /usr/bin/chromium are there): profile, guard,
-  comparison and memory panel, as a user drives them (tests/webui/ui_flows.py).
+- in headless Chromium (when Playwright and /usr/bin/chromium are there): profile, an instruct
+  chat, guard, comparison and memory panel, as a user drives them (tests/webui/ui_flows.py).
+
+The demo check (tests named test_demo_*, also marked slow; `-k demo` runs them alone) does the
+same with the CPU demo model: Gemma-3-270M (SPANISH_FT_DEMO_MODEL names a converted folder to
+copy; otherwise `fetch-demo-model` writes one into a cache in the temp folder, about a minute)
+and the bundle's shipped loras/gemma3-270m-* adapters (skipped until they are there), started
+with `--lora gemma3-270m-fusionado`: the adapter's profile (template and preset spanish_ft-Gemma)
+is applied at start-up, and an instruct chat through /v1/chat/completions with that preset
+answers "¿Cuál es la capital de Ecuador?" in Spanish, naming Quito, and stops by itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +36,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "webui"))
-from scratch_webui import ADAPTERS, FUSED, prepare_webui, running_webui  # noqa: E402
+from lineups import DEMO, TINY  # noqa: E402
+from scratch_webui import demo_model_dir, prepare_demo_webui, prepare_webui, running_webui  # noqa: E402
 
 pytestmark = pytest.mark.webui
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +51,9 @@ CONVERSATION = [
 SETTINGS = "spanish_ft-compare_seed: 7\nspanish_ft-memory_rank: 8\n"
 
 
-def post(url: str, body: dict) -> dict:
+def post(url: str, body: dict, timeout_s: int = 120) -> dict:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.loads(response.read())
 
 
@@ -58,8 +68,14 @@ def webui(tmp_path_factory):
         pytest.skip("set TGW_DIR to a text-generation-webui checkout to run the integration test")
     root = prepare_webui(Path(TGW_DIR), tmp_path_factory.mktemp("tgw") / "webui", settings=SETTINGS)
     python = os.environ.get("TGW_PYTHON", sys.executable)
-    with running_webui(root, python, "--lora", FUSED) as running:
+    with running_webui(root, python, "--lora", TINY.fused) as running:
         yield {"api": running.api, "ui": running.ui, "root": root, "log": running.log}
+
+
+def ui_values(webui) -> dict:
+    """The start values of the page's labelled controls, as the browser gets them (/config)."""
+    components = get(webui["ui"] + "/config")["components"]
+    return {c["props"].get("label"): c["props"].get("value") for c in components if c.get("props")}
 
 
 def render_cli(template: Path, tmp_path: Path) -> str:
@@ -85,37 +101,47 @@ def test_extension_loaded_without_errors(webui):
 
 def test_adapter_given_at_startup_gets_its_profile(webui, tmp_path):
     """--lora llama2-fusionado: the API's default instruct template is the adapter's."""
+    assert_profile_at_startup(webui, TINY, tmp_path)
+
+
+def assert_profile_at_startup(webui, lineup, tmp_path: Path) -> None:
+    """The log says so, the page starts with the preset and the template, API chats get the template."""
+    assert (f"spanish_ft: al inicio (--lora). Perfil de «{lineup.fused}» aplicado: plantilla «{lineup.template}», "
+            f"preset «{lineup.preset}», modo instruct") in webui["log"].read_text()
+    values = ui_values(webui)
+    assert values["Preset"] == lineup.preset and values["Instruction template"] == lineup.template_text()
     body = {"messages": CONVERSATION, "mode": "instruct", "max_tokens": 16}
     prompt = post(webui["api"] + "/v1/internal/chat-prompt", body)["prompt"]
-    assert prompt == render_cli(ROOT / "instruction-templates" / "spanish_ft-Llama-2-chat.yaml", tmp_path)
-    assert "spanish_ft: al inicio (--lora). Perfil de «llama2-fusionado» aplicado" in webui["log"].read_text()
+    assert prompt == render_cli(ROOT / "instruction-templates" / f"{lineup.template}.yaml", tmp_path)
 
 
 def test_params_are_read_from_settings_yaml(webui):
-    components = get(webui["ui"] + "/config")["components"]
-    values = {c["props"].get("label"): c["props"].get("value") for c in components if c.get("props")}
+    values = ui_values(webui)
     assert values["Semilla"] == 7 and values["Rango LoRA (r)"] == 8
 
 
-def chat(webui) -> None:
-    body = {"messages": CONVERSATION[:1], "mode": "instruct", "instruction_template": "spanish_ft-Llama-2-chat",
-            "preset": "spanish_ft-Llama-2-chat", "seed": 1, "max_tokens": 4}
-    assert post(webui["api"] + "/v1/chat/completions", body)["choices"]
+def chat(webui, lineup=TINY, max_tokens: int = 4, timeout_s: int = 120) -> dict:
+    """An instruct chat through the API with the line-up's template and preset; returns the response."""
+    body = {"messages": CONVERSATION[:1], "mode": "instruct", "instruction_template": lineup.template,
+            "preset": lineup.preset, "seed": 1, "max_tokens": max_tokens}
+    response = post(webui["api"] + "/v1/chat/completions", body, timeout_s)
+    assert response["choices"]
+    return response
 
 
 def test_two_adapters_through_the_api_are_reported_and_the_fused_adapter_fixes_it(webui):
     guard = "spanish_ft: Has elegido"
     try:  # the webui crashes on two equal-rank adapters, or keeps only the first when it sees other ranks
-        post(webui["api"] + "/v1/internal/lora/load", {"lora_names": list(ADAPTERS)})
+        post(webui["api"] + "/v1/internal/lora/load", {"lora_names": list(TINY.singles)})
     except urllib.error.HTTPError:
         pass
     chat(webui)
     log = webui["log"].read_text()
     warning = log[log.index(guard):]
-    assert all(name in warning[:300] for name in ADAPTERS) and "/v1/internal/lora/unload" in warning
+    assert all(name in warning[:300] for name in TINY.singles) and "/v1/internal/lora/unload" in warning
     post(webui["api"] + "/v1/internal/lora/unload", {})
-    post(webui["api"] + "/v1/internal/lora/load", {"lora_names": [FUSED]})
-    assert get(webui["api"] + "/v1/internal/model/info")["lora_names"] == [FUSED]
+    post(webui["api"] + "/v1/internal/lora/load", {"lora_names": [TINY.fused]})
+    assert get(webui["api"] + "/v1/internal/model/info")["lora_names"] == [TINY.fused]
     seen = len(webui["log"].read_text())
     chat(webui)
     assert guard not in webui["log"].read_text()[seen:]
@@ -139,14 +165,57 @@ def test_user_paths_in_a_browser(webui):
     from spanish_ft_ext.memory import SCENARIOS, gib
 
     with ui_flows.browser_page(webui["ui"]) as page:
-        ui_flows.flow_profile(page, adapter="llama2-instrucciones")
-        ui_flows.flow_guard(page, webui["api"])
+        ui_flows.flow_profile(page, TINY, adapter=TINY.singles[0])
+        ui_flows.flow_chat(page, max_new_tokens=16)  # the chat the README's screenshot shows
+        ui_flows.flow_profile_kept(page)
+        ui_flows.flow_guard(page, webui["api"], TINY)
         export = ui_flows.flow_compare(page, webui["api"])
         table = ui_flows.flow_memory(page)
     assert "**Pregunta:** " + ui_flows.QUESTION in export and "- semilla: `7`" in export
-    for name in ("modelo base (sin adaptadores)", *ADAPTERS, FUSED):
+    for name in ("modelo base (sin adaptadores)", *TINY.singles, TINY.fused):
         assert f"| {name} |" in export
     rows = {line.split("\t")[0]: line.split("\t") for line in table.splitlines()}
-    config = webui["root"] / "user_data" / "models" / "tiny-llama" / "config.json"
+    config = webui["root"] / "user_data" / "models" / TINY.model / "config.json"
     for label, method, bits in SCENARIOS:
         assert rows[label][-1] == gib(memory_cli(config, method, bits, 2048, 1, 8)["total_bytes"]), label
+
+
+# The demo check: the CPU demo model and the shipped demo adapters in the real webui.
+SPANISH_WORDS = {"la", "el", "de", "es", "capital", "ciudad", "en", "del", "y", "su"}
+
+
+@pytest.fixture(scope="module")
+def demo_webui(tmp_path_factory):
+    if not TGW_DIR:
+        pytest.skip("set TGW_DIR to a text-generation-webui checkout to run the integration test")
+    if not (ROOT / "loras" / DEMO.fused).is_dir():
+        pytest.skip(f"the bundle ships no loras/{DEMO.fused} yet")
+    root = prepare_demo_webui(Path(TGW_DIR), tmp_path_factory.mktemp("tgw-demo") / "webui", demo_model_dir())
+    python = os.environ.get("TGW_PYTHON", sys.executable)
+    with running_webui(root, python, "--lora", DEMO.fused, model=DEMO.model) as running:
+        yield {"api": running.api, "ui": running.ui, "root": root, "log": running.log}
+
+
+@pytest.mark.slow
+def test_demo_gemma_gets_its_profile_at_startup(demo_webui, tmp_path):
+    """--lora gemma3-270m-fusionado: template and preset spanish_ft-Gemma, instruct mode, no warning."""
+    assert_profile_at_startup(demo_webui, DEMO, tmp_path)
+    log = demo_webui["log"].read_text()
+    assert "Failed to load the extension" not in log
+    assert not re.search(r"WARNING +spanish_ft:", log)  # e.g. a base model of another shape than the record's
+
+
+@pytest.mark.slow
+def test_demo_gemma_answers_in_spanish(demo_webui):
+    """¿Cuál es la capital de Ecuador? with the bundle's template and preset: Quito, in Spanish, ended by the model."""
+    max_tokens = 120
+    response = chat(demo_webui, DEMO, max_tokens=max_tokens, timeout_s=900)
+    answer = response["choices"][0]["message"]["content"]
+    print(f"{DEMO.model} + {DEMO.fused}: {answer!r}")
+    assert response["choices"][0]["finish_reason"] == "stop", answer
+    assert response["usage"]["completion_tokens"] < max_tokens, answer
+    assert "Quito" in answer
+    words = set(re.findall(r"\w+", answer.lower()))
+    assert len(words & SPANISH_WORDS) >= 2, answer
+    log = demo_webui["log"].read_text()
+    assert "<start_of_turn>model" in log[log.rindex("PROMPT="):]  # the Gemma template built the prompt

@@ -1,8 +1,9 @@
 """Start a real text-generation-webui with stock gradio 4.37.2 (test helper, not shipped).
 
 The webui pins a custom gradio build that is not on PyPI; stock 4.37.2 lacks three things it
-uses (see ../shared/WEBUI.md). This launcher adds them before importing server.py, then runs
-it with the given arguments. Usage, from the webui's folder:
+uses (see ../shared/WEBUI.md). This launcher adds them before importing server.py (and lets
+gradio's start-up check of its own page wait longer than 3 s), then runs it with the given
+arguments. Usage, from the webui's folder:
 
     python /path/to/launch_webui.py --cpu --model NAME --extensions spanish_ft --api ...
 """
@@ -26,7 +27,9 @@ if not hasattr(huggingface_hub, "HfFolder"):  # removed in hub 1.x, still import
     huggingface_hub.HfFolder = _HfFolder
 
 import gradio as gr
+import gradio.networking as gradio_networking
 import gradio_client.utils as gradio_client_utils
+import httpx
 
 
 def _drop_unknown_kwargs(init):
@@ -74,7 +77,17 @@ def _accept_boolean_schemas(convert):
     return wrapper
 
 
+def _url_ok_patiently(url: str) -> bool:
+    # gradio 4.37 checks its own page with a 3 s timeout and dies of the ReadTimeout when a busy CPU
+    # (a training run, the model answering a test's first request) serves the page more slowly
+    try:
+        return httpx.head(url, timeout=120, verify=False).status_code in (200, 401, 302)
+    except httpx.HTTPError:
+        return False
+
+
 def patch_gradio() -> None:
+    gradio_networking.url_ok = _url_ok_patiently
     gradio_client_utils._json_schema_to_python_type = _accept_boolean_schemas(
         gradio_client_utils._json_schema_to_python_type
     )

@@ -1,7 +1,9 @@
 """The extension's user paths in a real webui, driven in headless Chromium (test helper, not shipped).
 
 Each flow acts like a user, asserts what the user should see, and optionally saves a
-screenshot. Used by the integration test (assertions only) and take_screenshots.py.
+screenshot. Used by the integration test (assertions only) and take_screenshots.py. The
+flows take the scratch webui's line-up (lineups.py: model, adapters, template, preset), so
+they run on the tiny stand-ins and on the Gemma demo alike.
 Needs Playwright's Python package and a Chromium (Debian: apt-get install chromium).
 """
 
@@ -17,7 +19,6 @@ from pathlib import Path
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
-PRESET = "spanish_ft-Llama-2-chat"
 QUESTION = "¿Cuál es la capital de Ecuador?"
 
 
@@ -83,23 +84,27 @@ def preset_value(page) -> str:
     return page.get_by_role("listbox", name="Preset", exact=True).input_value()
 
 
-def flow_profile(page, shot: Path | None = None, adapter: str = "llama2-fusionado") -> None:
-    """Applying a bundle adapter in the LoRA menu applies its template, preset and instruct mode, once."""
+def flow_profile(page, lineup, shot: Path | None = None, adapter: str = "") -> None:
+    """Applying a bundle adapter (default: the fused one) in the LoRA menu applies its template, preset and mode."""
+    adapter = adapter or lineup.fused
     open_tab(page, "Chat")
     page.locator('#chat-mode [data-testid="chat-radio-label"]').click()  # start away from instruct
     select_loras(page, [adapter])
     page.get_by_role("button", name="Apply LoRAs").click()
     wait_text(page, f"Perfil de «{adapter}» aplicado")
-    assert preset_value(page) == PRESET
-    assert page.get_by_label("number input for temperature").input_value() == "0.6"
+    assert preset_value(page) == lineup.preset
+    assert page.get_by_label("number input for temperature").input_value() == lineup.preset_value("temperature")
     if shot:  # what the extension says it applied, and the Parameters tab that shows it
         page.screenshot(path=str(shot.with_name(shot.stem + "-parameters.png")))
         open_tab(page, "spanish_ft", "Adaptador")
         page.screenshot(path=str(shot))
     open_tab(page, "Parameters", "Instruction template")
-    assert "<<SYS>>" in page.locator("#instruction-template-str textarea").input_value()
+    assert page.locator("#instruction-template-str textarea").input_value() == lineup.template_text()
     assert page.locator('#chat-mode input[value="instruct"]').is_checked()
-    # The user's later change is kept: the same adapter applied again does not re-apply the profile.
+
+
+def flow_profile_kept(page) -> None:
+    """The user's later change is kept: the same adapter applied again does not re-apply the profile."""
     open_tab(page, "Parameters", "Generation")
     page.get_by_role("listbox", name="Preset", exact=True).click()
     page.get_by_role("option", name="Top-P", exact=True).click()
@@ -111,22 +116,55 @@ def flow_profile(page, shot: Path | None = None, adapter: str = "llama2-fusionad
     assert preset_value(page) == "Top-P"
 
 
-def flow_guard(page, api: str, shot: Path | None = None) -> None:
+def set_length_and_seed(page, max_new_tokens: int, seed: int) -> None:
+    """Parameters -> Generation: a fixed reply budget (auto_max_new_tokens off: it grows the budget to the
+    whole context, so a reply that never ends runs for minutes) and a fixed seed (the same reply each time)."""
+    open_tab(page, "Parameters", "Generation")
+    parameters = page.locator("#parameters")  # the extension's tab has a max_new_tokens of its own
+    parameters.get_by_label("auto_max_new_tokens").uncheck()
+    for label, value in (("number input for max_new_tokens", max_new_tokens), ("Seed (-1 for random)", seed)):
+        parameters.get_by_label(label, exact=True).fill(str(value))
+        page.keyboard.press("Tab")
+    page.wait_for_timeout(500)
+
+
+def flow_chat(page, question: str = QUESTION, shot: Path | None = None, max_new_tokens: int = 200,
+              seed: int = 1) -> str:
+    """An instruct chat with the settings the profile applied: the question sent, the reply awaited; returns it."""
+    set_length_and_seed(page, max_new_tokens, seed)
+    open_tab(page, "Chat")
+    assert page.locator('#chat-mode input[value="instruct"]').is_checked()
+    page.locator("#new-chat-btn").click()  # not a continuation of a chat the webui saved earlier
+    page.wait_for_timeout(1000)
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#Generate").click()
+    reply = page.locator("#chat .assistant-message .message-body").last
+    reply.wait_for(timeout=120_000)
+    # the webui marks the chat's container `_generating` from the click until the reply is complete
+    page.wait_for_function("() => !document.querySelector('._generating')", timeout=900_000)
+    page.wait_for_timeout(500)
+    if shot:
+        page.screenshot(path=str(shot))
+    return reply.inner_text()
+
+
+def flow_guard(page, api: str, lineup, shot: Path | None = None) -> None:
     """Two adapters selected: warning and offer; the fused adapter, then an exact fusion, replace them."""
-    select_loras(page, ["llama2-instrucciones", "llama2-leyes-ec"])
+    first, second = lineup.singles
+    select_loras(page, [first, second])
     wait_text(page, "Has elegido 2 adaptadores a la vez")
     open_tab(page, "spanish_ft", "Adaptador")
     assert page.get_by_role("heading", name=re.compile("Varios adaptadores")).is_visible()
     if shot:
         page.screenshot(path=str(shot))
-    page.get_by_role("button", name="Cargar «llama2-fusionado»").click()
-    wait_text(page, "cargado «llama2-fusionado» en lugar de")
-    assert api_lora_names(api) == ["llama2-fusionado"]
-    select_loras(page, ["llama2-instrucciones", "llama2-leyes-ec"])
+    page.get_by_role("button", name=f"Cargar «{lineup.fused}»").click()
+    wait_text(page, f"cargado «{lineup.fused}» en lugar de")
+    assert api_lora_names(api) == [lineup.fused]
+    select_loras(page, [first, second])
     open_tab(page, "spanish_ft", "Adaptador")
     page.get_by_role("button", name=re.compile("^Fusionar ahora")).click()
-    wait_text(page, "fusionados llama2-instrucciones, llama2-leyes-ec en")
-    assert api_lora_names(api) == ["fusion-llama2-instrucciones+llama2-leyes-ec"]
+    wait_text(page, f"fusionados {first}, {second} en", timeout_ms=300_000)
+    assert api_lora_names(api) == [f"fusion-{first}+{second}"]
 
 
 def flow_compare(page, api: str, shot: Path | None = None) -> str:
@@ -136,7 +174,7 @@ def flow_compare(page, api: str, shot: Path | None = None) -> str:
     page.get_by_label("Pregunta").fill(QUESTION)
     page.locator("#sft-compare-tokens input[type=number]").fill("40")
     page.get_by_role("button", name="Comparar", exact=True).click()
-    page.locator("#sft-compare-answers h4").first.wait_for(timeout=300_000)
+    page.locator("#sft-compare-answers h4").first.wait_for(timeout=900_000)
     cards = page.locator("#sft-compare-answers").get_by_text(re.compile(r"^generación \d+\.\d\d s"))
     assert cards.count() >= 4, cards.count()  # base + instrucciones, leyes-ec, fusionado
     assert api_lora_names(api) == before
