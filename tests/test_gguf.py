@@ -2,11 +2,15 @@
 
 Reference: PEFT's base + adapter merged in float32. The GGUF file is read back with transformers' own
 GGUF reader (`from_pretrained(folder, gguf_file=...)`, which undoes llama.cpp's tensor layout and
-rebuilds the tokenizer from the file's metadata). Measured here (relative Frobenius error of the
-logits over a Spanish conversation rendered with the family's template; top-1: share of positions
-whose most likely next token is the same): f16 about 5e-4 for tiny Llama, Mistral and Falcon and
-7e-4 for the demo model (SmolLM2-135M + smollm2-135m-fusionado), asserted < 5e-3; q8_0 about 1e-2 (demo
-2e-2), top-1 agreement 100 % on the tiny models and 98 % on the demo model, asserted >= 90 %.
+rebuilds the tokenizer from the file's metadata). For Gemma 3 that reader leaves what llama.cpp derives
+from the file at Gemma3TextConfig's defaults (which layers slide, the query scale, the local rope base);
+those are given to it as llama.cpp reads them (llama_cpp_reading), so the file is judged as llama.cpp
+runs it. Measured here (relative Frobenius error of the logits over a Spanish conversation rendered
+with the family's template; top-1: share of positions whose most likely next token is the same): f16
+about 5e-4 for tiny Llama, Mistral and Falcon, 9e-4 for tiny Gemma 3 and 5e-4 for the demo model
+(Gemma-3-270M with a random adapter standing in for the fused one until it ships), asserted < 5e-3;
+q8_0 about 1e-2 (tiny Gemma 3 2e-2), top-1 agreement 100 % (tiny Gemma 3: 98 %), asserted >= 90 %.
+llama.cpp itself runs the files in tests/test_llamacpp.py.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from training.__main__ import main
 from training.adapters.gguf import export
 from training.adapters.gguf.export import export_gguf
-from training.adapters.gguf.record import METADATA_KEYS, read_gguf_record, record_path
-from training.families import FAMILIES
+from training.adapters.gguf.record import METADATA_KEYS, NOTICE_KEY, read_gguf_record, record_path
+from training.families import FAMILIES, GEMMA_TERMS_URL, notice_of
 from training.files import sha256_file
 from training.templates import load_template
 
@@ -37,7 +41,8 @@ CONVERSATION = [
     {"role": "assistant", "content": "La capital de Ecuador es Quito. Según el artículo 71 de la Constitución, la "
                                      "naturaleza o Pacha Mama tiene derecho a que se respete su existencia."},
 ]
-EOS = {"llama2": "</s>", "mistral": "</s>", "falcon": "<|endoftext|>"}
+EOS = {"llama2": "</s>", "mistral": "</s>", "falcon": "<|endoftext|>", "gemma3": "<end_of_turn>"}
+ARCHITECTURE = {"llama2": "llama", "mistral": "llama", "falcon": "falcon", "gemma3": "gemma3"}
 # transformers 5.6's GGUF reader (the webui's pin) rebuilds a Llama-style tokenizer with BOS and EOS swapped and
 # splits a literal `<s>` (measured with 5.6.2; right in 5.25). The file itself is checked with gguf's own reader
 # (assert_vocabulary_in_file) under every version; the round trip through transformers where its reader is sound.
@@ -81,9 +86,30 @@ def reference_logits(base: Path, adapter: Path, ids: torch.Tensor) -> torch.Tens
 
 
 def gguf_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                 **llama_cpp_reading(path))
     with torch.no_grad():
         return model(ids).logits[0]
+
+
+def llama_cpp_reading(path: Path) -> dict:
+    """Config values llama.cpp takes from a gemma3 file (src/models/gemma3.cpp, llama-hparams.cpp) that
+    transformers' GGUF reader ignores: layer i slides when i % pattern < pattern - 1 (or per-layer flags),
+    queries scale by 1/sqrt(key_length) (1/sqrt(hidden/heads) at 62 layers), the sliding layers' rope base."""
+    fields = gguf_metadata(path)
+    if fields["general.architecture"] != "gemma3":
+        return {}
+    key = lambda name: fields.get(f"gemma3.{name}")  # noqa: E731
+    layers, pattern = key("block_count"), key("attention.sliding_window_pattern") or 6
+    sliding = pattern if isinstance(pattern, list) else [i % pattern < pattern - 1 for i in range(layers)]
+    rope = lambda theta: {"rope_type": "default", "rope_theta": theta}  # noqa: E731
+    return {"layer_types": ["sliding_attention" if s and key("attention.sliding_window") else "full_attention"
+                            for s in sliding],
+            "query_pre_attn_scalar": key("embedding_length") // key("attention.head_count") if layers == 62
+            else key("attention.key_length"),
+            "rope_parameters": {"full_attention": rope(key("rope.freq_base")),
+                                "sliding_attention": rope(key("rope.freq_base_swa") or 10000.0)},
+            "final_logit_softcapping": key("final_logit_softcapping")}
 
 
 def top1_agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:
@@ -127,7 +153,48 @@ def test_tokenizer_special_tokens_template_and_profile_travel_in_the_file(family
     assert metadata["tokenizer.ggml.model"] == ("gpt2" if family == "falcon" else "llama")
     assert metadata[METADATA_KEYS["template"]] == Path(FAMILIES[family].template_file).stem
     assert metadata[METADATA_KEYS["preset"]] == FAMILIES[family].preset
-    assert metadata["general.architecture"] == ("falcon" if family == "falcon" else "llama")
+    assert metadata["general.architecture"] == ARCHITECTURE[family]
+
+
+def test_a_gemma_file_and_its_record_carry_the_gemma_terms_and_others_no_licence(exported):
+    metadata, record = gguf_metadata(exported[("gemma3", "q8_0")]), read_gguf_record(exported[("gemma3", "q8_0")])
+    assert metadata["general.license"] == "gemma" and metadata["general.license.link"] == GEMMA_TERMS_URL
+    assert metadata[NOTICE_KEY] == record["licence"]["notice"] == notice_of("gemma3")
+    assert "Gemma Terms of Use" in notice_of("gemma3") and record["licence"]["link"] == GEMMA_TERMS_URL
+    for family in ("llama2", "falcon"):
+        assert "general.license" not in gguf_metadata(exported[(family, "f16")])
+        assert "licence" not in read_gguf_record(exported[(family, "f16")])
+
+
+def test_the_space_prefix_is_written_as_the_tokenizer_adds_it():
+    from training.adapters.gguf.vocab import adds_space_prefix
+
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    llama2 = {"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, replace]}}
+    mistral = {"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}}
+    gemma = {"normalizer": replace, "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}}}
+    never = {"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never"}}
+    assert adds_space_prefix(llama2) and adds_space_prefix(mistral)
+    assert not adds_space_prefix(gemma) and not adds_space_prefix(never)
+
+
+def test_gemma3_layer_pattern_query_scale_and_refusals_are_llama_cpp_s():
+    from transformers import Gemma3TextConfig
+
+    from training.adapters.gguf import gemma3, layout
+
+    released = Gemma3TextConfig(num_hidden_layers=18, head_dim=256, query_pre_attn_scalar=256)  # Gemma-3-270M's
+    assert gemma3.sliding_window_pattern(released) == 6 and gemma3.query_scale_ratio(released) == 1.0
+    irregular = Gemma3TextConfig(num_hidden_layers=3, layer_types=["full_attention", "sliding_attention",
+                                                                   "full_attention"])
+    assert gemma3.sliding_window_pattern(irregular) == [False, True, False]
+    scaled = Gemma3TextConfig(rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                  "rope_theta": 1e6},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                              attn_logit_softcapping=50.0)
+    with pytest.raises(ValueError, match=r"rope scaling 'linear' \(full_attention layers\).*attention logit "
+                                         r"softcapping.*convert_hf_to_gguf"):
+        layout.gguf_architecture(scaled)
 
 
 def assert_vocabulary_in_file(path: Path, original, eos: str) -> None:
@@ -236,30 +303,46 @@ def test_cli_prints_refusals_and_places_the_file_in_a_webui(adapter_of, tmp_path
     assert "exported" in capsys.readouterr().out
 
 
+DEMO_ADAPTER = ROOT / "loras" / "gemma3-270m-fusionado"
+
+
 def demo_model_dir() -> Path:
-    """The demo model (fetch-demo-model), cached across runs: SFT_DEMO_MODEL_DIR or ~/.cache/spanish_ft."""
+    """The demo model, Gemma-3-270M (fetch-demo-model), cached across runs: $SPANISH_FT_DEMO_MODEL or
+    ~/.cache/spanish_ft/gemma3-270m."""
     from training.demo.model import fetch_demo_model
 
-    default = Path.home() / ".cache" / "spanish_ft" / "smollm2-135m"
-    return fetch_demo_model(Path(os.environ.get("SFT_DEMO_MODEL_DIR", default)))
+    default = Path.home() / ".cache" / "spanish_ft" / "gemma3-270m"
+    return fetch_demo_model(Path(os.environ.get("SPANISH_FT_DEMO_MODEL", default)), source="gemma3-270m")
+
+
+def demo_adapter(base: Path, folder: Path) -> Path:
+    """The shipped fused demo adapter; until it ships, a small random LoRA adapter on every target, made here."""
+    if DEMO_ADAPTER.is_dir():
+        return DEMO_ADAPTER
+    print(f"{DEMO_ADAPTER.relative_to(ROOT)} is not in the bundle: a random LoRA adapter stands in for it")
+    return make_adapter(base, folder / "gemma3-270m-prueba", FAMILIES["gemma3"].lora_targets, 4, 1, seed=7,
+                        record=record_for("gemma3", base))
 
 
 @pytest.mark.slow
-def test_the_shipped_fused_demo_adapter_exports_to_f16_and_q8_0(tmp_path, one_torch_thread):
-    base, adapter = demo_model_dir(), ROOT / "loras" / "smollm2-135m-fusionado"
-    files = {kind: export_gguf(adapter, tmp_path / f"smollm2-135m-fusionado-{kind}.gguf", kind, base=str(base))
+def test_the_demo_model_with_its_adapter_exports_to_f16_and_q8_0(tmp_path, one_torch_thread):
+    base = demo_model_dir()
+    adapter = demo_adapter(base, tmp_path)
+    files = {kind: export_gguf(adapter, tmp_path / f"gemma3-270m-fusionado-{kind}.gguf", kind, base=str(base))
              for kind in ("f16", "q8_0")}
-    template = ROOT / "instruction-templates" / "spanish_ft-ChatML.yaml"
+    template = ROOT / FAMILIES["gemma3"].template_file
     measured = compare(base, adapter, files, template)
     assert measured["f16"][0] < F16_MAX_RELATIVE_ERROR and measured["q8_0"][1] >= Q8_0_MIN_TOP1
-    assert_vocabulary_in_file(files["f16"], AutoTokenizer.from_pretrained(base), "<|im_end|>")
+    assert_vocabulary_in_file(files["f16"], AutoTokenizer.from_pretrained(base), "<end_of_turn>")
     if TRANSFORMERS_READS_GGUF_TOKENIZERS:
         from_gguf = AutoTokenizer.from_pretrained(tmp_path, gguf_file=files["f16"].name)
         text = load_template(template).render(CONVERSATION)
         assert from_gguf(text).input_ids == AutoTokenizer.from_pretrained(base)(text).input_ids
-        assert from_gguf.eos_token == "<|im_end|>"
+        assert from_gguf.eos_token == "<end_of_turn>"
     metadata = gguf_metadata(files["q8_0"])
-    assert metadata["tokenizer.ggml.pre"] == "smollm" and metadata[METADATA_KEYS["template"]] == "spanish_ft-ChatML"
+    assert metadata["tokenizer.ggml.pre"] == "default" and metadata["tokenizer.ggml.add_space_prefix"] is False
+    assert metadata[METADATA_KEYS["template"]] == "spanish_ft-Gemma" and metadata["general.license"] == "gemma"
+    assert metadata["gemma3.attention.sliding_window_pattern"] == 6 and metadata["gemma3.rope.freq_base_swa"] == 1e4
     print(json.dumps({kind: path.stat().st_size for kind, path in files.items()}))
 
 

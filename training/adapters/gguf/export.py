@@ -17,7 +17,8 @@ The merge happens in float16 (bfloat16 for --type bf16), the precision llama.cpp
 Before anything is loaded (checks.py): the type, the output file (new, or an earlier export of
 spanish_ft with --replace: record.py), the adapter, the base's architecture and family, the free
 disk space (file size computed from the base's config) and the RAM. The file and its record
-`FILE.gguf.json` (base, adapter and its record, type, sha256, sizes, versions) are both outputs: each
+`FILE.gguf.json` (base, adapter and its record, type, sha256, sizes, versions, and the licence notice a
+Gemma model carries) are both outputs: each
 is new or an earlier export's (record.py), each is written to a temporary sibling, and they are
 renamed into place together. `--webui DIR` also places both in the webui's models folder.
 A failure to write names the file and the likely cause (training/files.py: writing).
@@ -36,7 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from training.adapters.gguf.checks import ExportSettings, Inputs, check_inputs, models_folder
-from training.adapters.gguf.record import GGUF_TYPES, MADE_BY, check_output_file, read_gguf_record, record_path
+from training.adapters.gguf.record import (
+    GGUF_TYPES,
+    MADE_BY,
+    check_output_file,
+    licence_of,
+    read_gguf_record,
+    record_path,
+)
 from training.adapters.gguf.writer import write_gguf
 from training.adapters.merge import merged_model
 from training.adapters.record import library_versions, merged_record
@@ -116,7 +124,9 @@ def export_record(settings: ExportSettings, inputs: Inputs, written: Path, secon
     entry = {"path": str(settings.adapter), "name": inputs.adapter_name, "sha256": inputs.adapter_sha256}
     merged = merged_record(settings.out.name, inputs.record, inputs.base, entry, settings.merge_dtype,
                            settings.dequantized_nf4).data
-    return {**merged, "family": inputs.family, "made_by": MADE_BY, "file": settings.out.name,
+    licence = licence_of(inputs.family)
+    return {**merged, "family": inputs.family, **({"licence": licence} if licence else {}),
+            "made_by": MADE_BY, "file": settings.out.name,
             "gguf_type": settings.gguf_type, "sha256": sha256_file(written), "bytes": written.stat().st_size,
             "adapter_record": inputs.record.data or None, "seconds": round(seconds, 1),
             "libraries": {**library_versions(), "gguf": gguf_version()},

@@ -1,7 +1,8 @@
 """How a merged model of the bundle's architectures is laid out in a GGUF file, through the gguf package.
 
 llama.cpp reads LlamaForCausalLM and MistralForCausalLM (Llama-2, Mistral-7B, SmolLM2) as its
-architecture "llama" and FalconForCausalLM (Falcon-7B) as "falcon". What this module decides, and why:
+architecture "llama", FalconForCausalLM (Falcon-7B) as "falcon" and Gemma3ForCausalLM (Gemma-3-270M)
+as "gemma3" (what Gemma 3 adds: gemma3.py). What this module decides, and why:
 - hyperparameters: the `<arch>.*` keys llama.cpp reads (context, widths, heads, norm epsilon,
   rope base), from the transformers config;
 - tensor names: the gguf package's own map (gguf.get_tensor_name_map), never a hand-written table;
@@ -25,8 +26,14 @@ from functools import partial
 import gguf
 import numpy as np
 
-LLAMA, FALCON = gguf.MODEL_ARCH.LLAMA, gguf.MODEL_ARCH.FALCON
-ARCHITECTURES = {"LlamaForCausalLM": LLAMA, "MistralForCausalLM": LLAMA, "FalconForCausalLM": FALCON}
+from training.adapters.gguf import gemma3
+
+LLAMA, FALCON, GEMMA3 = gguf.MODEL_ARCH.LLAMA, gguf.MODEL_ARCH.FALCON, gguf.MODEL_ARCH.GEMMA3
+ARCHITECTURES = {"LlamaForCausalLM": LLAMA, "MistralForCausalLM": LLAMA, "FalconForCausalLM": FALCON,
+                 "Gemma3ForCausalLM": GEMMA3}
+# a config without `architectures` names its class by model_type
+CLASS_OF_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "falcon": "FalconForCausalLM",
+                       "gemma3_text": "Gemma3ForCausalLM"}
 # the GGUF file type, and the tensor type of its 2-D tensors
 FILE_TYPES = {
     "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
@@ -38,13 +45,11 @@ UNSUPPORTED = "; export it with llama.cpp's convert_hf_to_gguf.py instead"
 
 def gguf_architecture(config) -> gguf.MODEL_ARCH:
     """The llama.cpp architecture of a transformers config, or ValueError naming what is not supported."""
-    name = (getattr(config, "architectures", None) or [None])[0] or {
-        "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "falcon": "FalconForCausalLM"}.get(
-        config.model_type)
+    name = (getattr(config, "architectures", None) or [None])[0] or CLASS_OF_MODEL_TYPE.get(config.model_type)
     if name not in ARCHITECTURES:
         raise ValueError(f"architecture {name or config.model_type!r} cannot be exported to GGUF here; supported: "
                          f"{', '.join(ARCHITECTURES)}")
-    problems = _llama_problems(config) if ARCHITECTURES[name] == LLAMA else _falcon_problems(config)
+    problems = {LLAMA: _llama_problems, FALCON: _falcon_problems, GEMMA3: gemma3.problems}[ARCHITECTURES[name]](config)
     if problems:
         raise ValueError(f"{name}: " + "; ".join(problems) + UNSUPPORTED)
     return ARCHITECTURES[name]
@@ -88,8 +93,11 @@ def add_hyperparameters(writer: gguf.GGUFWriter, config, arch: gguf.MODEL_ARCH) 
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_head_count(config.num_attention_heads)
-    writer.add_rope_freq_base(rope_theta(config))
     writer.add_vocab_size(config.vocab_size)
+    if arch == GEMMA3:
+        gemma3.add_hyperparameters(writer, config)
+        return
+    writer.add_rope_freq_base(rope_theta(config))
     if arch == FALCON:
         writer.add_feed_forward_length(config.ffn_hidden_size)
         writer.add_head_count_kv(1 if config.multi_query else config.num_kv_heads)
@@ -124,6 +132,7 @@ def gguf_tensors(model, arch: gguf.MODEL_ARCH) -> list[tuple[str, tuple[int, ...
     config = model.config
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
+    transform = {LLAMA: _llama_transform, FALCON: _as_stored, GEMMA3: gemma3.tensor_transform}[arch](config)
     tensors = []
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
@@ -132,16 +141,25 @@ def gguf_tensors(model, arch: gguf.MODEL_ARCH) -> list[tuple[str, tuple[int, ...
         if name is None:
             raise ValueError(f"tensor {hf_name} of the merged model has no GGUF name for {arch.name.lower()}"
                              + UNSUPPORTED)
-        heads = {"self_attn.q_proj.weight": config.num_attention_heads,
-                 "self_attn.k_proj.weight": getattr(config, "num_key_value_heads", None)}
-        rope_heads = next((n for suffix, n in heads.items() if arch == LLAMA and hf_name.endswith(suffix)), None)
-        tensors.append((name, tuple(tensor.shape), partial(_array, tensor, rope_heads)))
+        tensors.append((name, tuple(tensor.shape), partial(_array, tensor, transform(hf_name))))
     return tensors
 
 
-def _array(tensor, rope_heads: int | None) -> np.ndarray:
+def _llama_transform(config) -> Callable[[str], Callable[[np.ndarray], np.ndarray] | None]:
+    """q_proj and k_proj rows interleaved per head (interleave_rope_rows), every other tensor as it is."""
+    heads = {"self_attn.q_proj.weight": config.num_attention_heads,
+             "self_attn.k_proj.weight": config.num_key_value_heads}
+    return lambda hf_name: next((partial(interleave_rope_rows, heads=n) for suffix, n in heads.items()
+                                 if hf_name.endswith(suffix)), None)
+
+
+def _as_stored(config) -> Callable[[str], None]:
+    return lambda hf_name: None
+
+
+def _array(tensor, transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     array = tensor.detach().float().cpu().numpy()
-    return interleave_rope_rows(array, rope_heads) if rope_heads else array
+    return np.asarray(transform(array), dtype=np.float32) if transform else array
 
 
 def tensor_bytes(shape: tuple[int, ...], tensor_type_: gguf.GGMLQuantizationType) -> int:

@@ -8,6 +8,11 @@ own record). The same names are stored in the GGUF metadata under `spanish_ft.*`
 so a GGUF copied without its record is still recognised. The webui extension reads both to
 apply the template and preset of an exported model when the user loads it.
 
+A model of a family whose licence must travel with everything made from it (Gemma: the Gemma Terms of
+Use, training/families.py) carries it in both: `general.license` and `general.license.link` in the
+GGUF metadata (as Google's own GGUF files name it), the notice under `spanish_ft.notice`, and
+`licence` {name, link, notice} in the record (licence_of).
+
 The file rule (training/files.py says it for folders): an output file must be new, or a GGUF whose
 record proves spanish_ft made it and the user asked to replace it (--replace). The record is an
 output too: a file of that name that is not the record of this export is never written over.
@@ -19,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from training.families import GEMMA_TERMS_URL, notice_of
 from training.files import OutputError, check_place
 
 RECORD_SUFFIX = ".json"  # FILE.gguf -> FILE.gguf.json
@@ -32,11 +38,22 @@ GGUF_TYPES = WRITER_TYPES + QUANTIZE_TYPES
 # GGUF metadata keys of an exported file (strings)
 METADATA_KEYS = {"adapter": "spanish_ft.adapter", "family": "spanish_ft.family", "template": "spanish_ft.template",
                  "preset": "spanish_ft.preset", "adapter_sha256": "spanish_ft.adapter_sha256"}
+NOTICE_KEY = "spanish_ft.notice"
+# family -> (general.license, general.license.link) of the families whose licence travels with the file
+LICENCES = {"gemma3": ("gemma", GEMMA_TERMS_URL)}
 
 
 def record_path(gguf_file: str | Path) -> Path:
     gguf_file = Path(gguf_file)
     return gguf_file.with_name(gguf_file.name + RECORD_SUFFIX)
+
+
+def licence_of(family: str | None) -> dict | None:
+    """{name, link, notice} of the licence an export of this family carries, or None."""
+    if family not in LICENCES:
+        return None
+    name, link = LICENCES[family]
+    return {"name": name, "link": link, "notice": notice_of(family)}
 
 
 def check_type(gguf_type: str) -> str:

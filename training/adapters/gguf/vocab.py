@@ -2,11 +2,12 @@
 
 A GGUF carries no tokenizer.json; llama.cpp rebuilds the tokenizer from `tokenizer.ggml.*` keys.
 The bundle's families use BPE vocabularies (tokenizer.json), in one of two shapes:
-- sentencepiece-style ("llama": Llama-2, Mistral; metaspace `▁`, byte fallback): llama.cpp merges
-  the pair whose result has the highest score, so each token made by a merge scores minus that
-  merge's rank, which replays the BPE merge order; `<0xNN>` tokens are bytes. llama.cpp then
-  prefixes "▁" to the text after every special token, as Meta's sentencepiece did (`<s>[INST]` ->
-  `<s> ▁[INST]`); an HF tokenizer with Metaspace prepend_scheme "first" does so only at the start;
+- sentencepiece-style ("llama": Llama-2, Mistral, Gemma 3; metaspace `▁`, byte fallback): llama.cpp
+  merges the pair whose result has the highest score, so each token made by a merge scores minus that
+  merge's rank, which replays the BPE merge order; `<0xNN>` tokens are bytes. When the tokenizer puts
+  "▁" before the text (Llama-2, Mistral; `add_space_prefix`), llama.cpp prefixes it to the text after
+  every special token, as Meta's sentencepiece did (`<s>[INST]` -> `<s> ▁[INST]`); an HF tokenizer with
+  Metaspace prepend_scheme "first" does so only at the start. Gemma's adds none, and neither does llama.cpp;
 - byte-level ("gpt2": Falcon, SmolLM2): llama.cpp needs the merges and `tokenizer.ggml.pre`, the name
   of its pre-tokenizer regex. That name is a property of the vocabulary (llama.cpp's converter
   finds it from a hash of the tokenizer's output): known vocabularies by the sha256 of their token
@@ -15,8 +16,10 @@ The bundle's families use BPE vocabularies (tokenizer.json), in one of two shape
 Tokens the tokenizer marks special become CONTROL (matched whole, like `<|im_end|>`), other added
 tokens USER_DEFINED; ids the model has beyond the tokenizer become unused `[PADn]` tokens.
 BOS/EOS/UNK/PAD ids and whether BOS/EOS are added come from the tokenizer itself (EOS `</s>`,
-`<|endoftext|>` or `<|im_end|>`), and the chat template is the bundle's instruction template, so
-that llama.cpp's own chat formatting (llama-server --jinja) builds the prompt the adapter learned.
+`<|endoftext|>`, `<|im_end|>` or `<end_of_turn>`; llama.cpp also ends generation at the turn-end tokens
+it knows by name, such as Gemma's `<end_of_turn>` and `<eos>`, as for a file of its own converter), and
+the chat template is the bundle's instruction template, so that llama.cpp's own chat formatting
+(llama-server --jinja) builds the prompt the adapter learned.
 """
 
 from __future__ import annotations
@@ -46,19 +49,37 @@ def tokenizer_spec(tokenizer) -> dict:
     return spec
 
 
-def step_types(component) -> list[str]:
-    """The step types of a tokenizer.json component (a Sequence is flattened)."""
+def steps_of(component) -> list[dict]:
+    """The steps of a tokenizer.json component (a Sequence is flattened)."""
     if not component:
         return []
     steps = component.get("pretokenizers") or component.get("normalizers") or component.get("decoders")
-    return [t for step in steps for t in step_types(step)] if steps else [component["type"]]
+    return [s for step in steps for s in steps_of(step)] if steps else [component]
+
+
+def step_types(component) -> list[str]:
+    return [step["type"] for step in steps_of(component)]
+
+
+def adds_space_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts "▁" before the text: a Metaspace that prepends (Llama-2 and Mistral's older
+    tokenizer.json, the tiny ones) or a Prepend normalizer (Llama-2's newer one); Gemma's only replaces spaces."""
+    metaspaces = [step for step in steps_of(spec.get("pre_tokenizer")) if step["type"] == "Metaspace"]
+    prepends = [step for step in steps_of(spec.get("normalizer")) if step["type"] == "Prepend"]
+    return any(map(_prepends, metaspaces)) or any(step.get("prepend") == "▁" for step in prepends)
+
+
+def _prepends(metaspace: dict) -> bool:
+    # tokenizers since 0.19 write prepend_scheme ("first", "always", "never"), older ones add_prefix_space
+    scheme = metaspace.get("prepend_scheme") or ("always" if metaspace.get("add_prefix_space", True) else "never")
+    return scheme != "never"
 
 
 def vocabulary_kind(spec: dict, where: str) -> str:
     steps = {*step_types(spec.get("pre_tokenizer")), *step_types(spec.get("decoder"))}
     if "ByteLevel" in steps:
         return BYTE_LEVEL
-    if "Metaspace" in steps or "▁" in json.dumps(spec.get("normalizer")) or spec["model"].get("byte_fallback"):
+    if "Metaspace" in steps or adds_space_prefix(spec) or spec["model"].get("byte_fallback"):
         return LLAMA_STYLE
     raise ValueError(f"{where}: neither a sentencepiece-style nor a byte-level BPE tokenizer (steps: "
                      f"{', '.join(sorted(steps)) or 'none'}); it cannot be exported to GGUF here")
@@ -147,8 +168,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, chat_temp
     writer.add_token_types(types)
     if kind == LLAMA_STYLE:
         writer.add_token_scores(merge_scores(tokens, merges))
-        writer.add_add_space_prefix("Metaspace" in step_types(spec.get("pre_tokenizer"))
-                                    or "▁" in json.dumps(spec.get("normalizer")))
+        writer.add_add_space_prefix(adds_space_prefix(spec))
     writer.add_token_merges(merges)
     for name in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{name}_token_id")

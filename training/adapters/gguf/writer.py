@@ -4,7 +4,8 @@ The gguf package's writer is given every tensor's name, shape and type up front 
 writes the header, the metadata and the tensor table, and then receives each tensor as it is
 converted and quantised, so a 7B model is never in memory twice. Metadata: llama.cpp's
 hyperparameters (layout.py), the tokenizer with the bundle's template as chat template
-(vocab.py), and the `spanish_ft.*` keys by which the extension recognises the model.
+(vocab.py), the `spanish_ft.*` keys by which the extension recognises the model, and the licence
+that must travel with a model of the family (record.py: licence_of).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from training.adapters.gguf import layout, vocab
 from training.adapters.gguf.checks import ExportSettings, Inputs
-from training.adapters.gguf.record import METADATA_KEYS
+from training.adapters.gguf.record import METADATA_KEYS, NOTICE_KEY, licence_of
 from training.families import FAMILIES
 
 
@@ -31,6 +32,7 @@ def write_gguf(path: Path, model, inputs: Inputs, settings: ExportSettings) -> N
     vocab.add_tokenizer(writer, inputs.tokenizer, model.config.vocab_size, inputs.chat_template)
     for key, value in spanish_ft_metadata(inputs).items():
         writer.add_string(key, value)
+    add_licence(writer, inputs.family)
     tensors = [(name, shape, make, layout.tensor_type(shape, settings.written_type))
                for name, shape, make in layout.gguf_tensors(model, inputs.arch)]
     for name, shape, _, kind in tensors:
@@ -56,3 +58,11 @@ def spanish_ft_metadata(inputs: Inputs) -> dict[str, str]:
               "template": inputs.record.template_name or Path(family.template_file).stem,
               "preset": inputs.record.preset or family.preset, "adapter_sha256": inputs.adapter_sha256}
     return {METADATA_KEYS[key]: value for key, value in values.items()}
+
+
+def add_licence(writer: gguf.GGUFWriter, family: str) -> None:
+    licence = licence_of(family)
+    if licence is not None:
+        writer.add_license(licence["name"])
+        writer.add_license_link(licence["link"])
+        writer.add_string(NOTICE_KEY, licence["notice"])
