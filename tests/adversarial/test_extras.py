@@ -88,7 +88,7 @@ def test_a_failure_in_the_essentials_leaves_the_previous_output_whole(command, t
     import training.adapters.fuse as fuse
     import training.evaluate.report as report
 
-    monkeypatch.setattr(*(fuse, "render_model_card") if command == "fuse" else (report, "write_json_atomic"), disk_full)
+    monkeypatch.setattr(*(fuse, "write_card") if command == "fuse" else (report, "write_json_atomic"), disk_full)
     code = main([*args, str(out), "--replace"])
     assert_refused(code, capsys.readouterr().err, out)
     assert fingerprint(tmp_path) == before  # the old output whole, no temporary folder left
