@@ -79,6 +79,14 @@ def generate_answers(model, tokenizer, template: InstructionTemplate, conversati
     return answers
 
 
+def keeps_logits_by_index(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' CausalLM heads: an int or the positions)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 @torch.no_grad()
 def answer_loss(model, rows: list[Encoded], batch_size: int = 8) -> dict:
     """Token-weighted mean cross-entropy on the answer tokens only, and its perplexity."""
@@ -87,9 +95,16 @@ def answer_loss(model, rows: list[Encoded], batch_size: int = 8) -> dict:
     for start in range(0, len(rows), batch_size):
         batch = collate([{"input_ids": r.input_ids, "labels": r.labels} for r in rows[start:start + batch_size]])
         ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        shifted = labels[:, 1:].to(logits.device)
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shifted,
+        shifted = labels[:, 1:]
+        # the LM head only where some row of the batch has an answer token to predict: a 262k-token
+        # vocabulary (Gemma) makes full logits over the prompt most of the pass's time
+        keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+        if keeps_logits_by_index(model):
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           logits_to_keep=keep.to(model.device)).logits.float()
+        else:
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()[:, keep]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), shifted[:, keep].to(logits.device),
                                                    ignore_index=IGNORE_INDEX, reduction="sum")
         total += losses.item()
         count += int((shifted != IGNORE_INDEX).sum())
