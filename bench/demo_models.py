@@ -31,7 +31,8 @@ PREVIOUS = BUNDLE / "bench" / "previous-demo"
 # (demo model source, fused adapter, its template)
 DEMOS = {
     "smollm2-135m": (PREVIOUS / "smollm2-135m-fusionado", PREVIOUS / "spanish_ft-ChatML.yaml"),
-    "gemma3-270m": (BUNDLE / "loras" / "gemma3-270m-fusionado", BUNDLE / "instruction-templates" / "spanish_ft-Gemma.yaml"),
+    "gemma3-270m": (BUNDLE / "loras" / "gemma3-270m-fusionado",
+                    BUNDLE / "instruction-templates" / "spanish_ft-Gemma.yaml"),
 }
 TARGET = 0.25  # Gemma's fused adapter at least 25 % below SmolLM2's, in nats per answer character
 
@@ -75,7 +76,8 @@ def main() -> int:
         results[source] = losses(model_dir, adapter, template, args.limit)
         seconds[source] = time.perf_counter() - start
     print("\nanswer loss in nats per answer character (held-out rows; lower is better)\n")
-    print("| split | SmolLM2 base | SmolLM2 fusionado | Gemma base | Gemma fusionado | Gemma fusionado vs SmolLM2 fusionado |")
+    print("| split | SmolLM2 base | SmolLM2 fusionado | Gemma base | Gemma fusionado "
+          "| Gemma fusionado vs SmolLM2 fusionado |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     passed = True
     summary = {}
@@ -84,13 +86,14 @@ def main() -> int:
         lower = 1 - new["fusionado"]["answer_loss_per_char"] / old["fusionado"]["answer_loss_per_char"]
         passed &= lower >= TARGET
         cells = [old["base"], old["fusionado"], new["base"], new["fusionado"]]
-        print(f"| {split} | " + " | ".join(f"{c['answer_loss_per_char']:.3f}" for c in cells) + f" | {lower:.0%} lower |")
+        losses_text = " | ".join(f"{c['answer_loss_per_char']:.3f}" for c in cells)
+        print(f"| {split} | {losses_text} | {lower:.0%} lower |")
         summary[split] = {"smollm2_base": cells[0], "smollm2_fused": cells[1], "gemma_base": cells[2],
                           "gemma_fused": cells[3], "gemma_fused_lower_by": lower}
-    print(f"\nper token (not comparable across the tokenizers): " + "; ".join(
+    print("\nper token (not comparable across the tokenizers): " + "; ".join(
         f"{split}: SmolLM2 {results['smollm2-135m'][split]['fusionado']['answer_loss']:.3f}, "
         f"Gemma {results['gemma3-270m'][split]['fusionado']['answer_loss']:.3f}" for split in SPLITS))
-    print(f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     print(json.dumps(summary, default=float))
     print(f"target: Gemma's fused adapter at least {TARGET:.0%} lower on every split: {'met' if passed else 'NOT met'}")
     return 0 if passed else 1

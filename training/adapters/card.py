@@ -78,7 +78,8 @@ def _licence(record: TrainingRecord) -> str:
     notice = notice_of(record.family)
     if not notice:
         return ""
-    return (f"\n## Licence\n\n**Español.** Se aplican los términos de licencia del modelo base; ver `{NOTICE_NAME}`.\n\n"
+    return (f"\n## Licence\n\n**Español.** Se aplican los términos de licencia del modelo base; "
+            f"ver `{NOTICE_NAME}`.\n\n"
             f"**English.** {notice}See `{NOTICE_NAME}` in this folder.\n")
 
 
