@@ -37,10 +37,10 @@ class Family:
     packs_by_position_ids: bool = False
     # the family of the CPU demo's small model rather than a 7B family (its recipes are demo-<name>-<task>.yaml)
     demo: bool = False
-    # the end-of-answer token the family's template closes an assistant turn with
-    eos_token: str = "</s>"
     # a licence notice that every file made from the family's models must carry (NOTICE, cards, GGUF metadata)
     notice: str = ""
+    # (GGUF general.license, general.license.link) of that licence, when a file made from the family names it
+    licence: tuple[str, str] | None = None
 
 
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
@@ -78,7 +78,6 @@ FAMILIES: dict[str, Family] = {
         preset="spanish_ft-Falcon",
         architecture="FalconForCausalLM",
         linear_subclasses=("transformers.models.falcon.modeling_falcon:FalconLinear",),
-        eos_token="<|endoftext|>",
     ),
     "gemma3": Family(
         name="gemma3",
@@ -89,8 +88,8 @@ FAMILIES: dict[str, Family] = {
         preset="spanish_ft-Gemma",
         architecture="Gemma3ForCausalLM",
         demo=True,
-        eos_token="<end_of_turn>",
         notice=GEMMA_NOTICE,
+        licence=("gemma", GEMMA_TERMS_URL),
     ),
 }
 

@@ -91,6 +91,7 @@ def keeps_logits_by_index(model) -> bool:
 def answer_loss(model, rows: list[Encoded], batch_size: int = 8) -> dict:
     """Token-weighted mean cross-entropy on the answer tokens only, and its perplexity."""
     total, count = 0.0, 0
+    by_index = keeps_logits_by_index(model)
     collate = PadCollator(pad_token_id=0)  # padded positions are masked and carry no label
     for start in range(0, len(rows), batch_size):
         batch = collate([{"input_ids": r.input_ids, "labels": r.labels} for r in rows[start:start + batch_size]])
@@ -99,7 +100,7 @@ def answer_loss(model, rows: list[Encoded], batch_size: int = 8) -> dict:
         # the LM head only where some row of the batch has an answer token to predict: a 262k-token
         # vocabulary (Gemma) makes full logits over the prompt most of the pass's time
         keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-        if keeps_logits_by_index(model):
+        if by_index:
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            logits_to_keep=keep.to(model.device)).logits.float()
         else:

@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from training.families import GEMMA_TERMS_URL, notice_of
+from training.families import FAMILIES, notice_of
 from training.files import OutputError, check_place
 
 RECORD_SUFFIX = ".json"  # FILE.gguf -> FILE.gguf.json
@@ -39,8 +39,6 @@ GGUF_TYPES = WRITER_TYPES + QUANTIZE_TYPES
 METADATA_KEYS = {"adapter": "spanish_ft.adapter", "family": "spanish_ft.family", "template": "spanish_ft.template",
                  "preset": "spanish_ft.preset", "adapter_sha256": "spanish_ft.adapter_sha256"}
 NOTICE_KEY = "spanish_ft.notice"
-# family -> (general.license, general.license.link) of the families whose licence travels with the file
-LICENCES = {"gemma3": ("gemma", GEMMA_TERMS_URL)}
 
 
 def record_path(gguf_file: str | Path) -> Path:
@@ -50,9 +48,9 @@ def record_path(gguf_file: str | Path) -> Path:
 
 def licence_of(family: str | None) -> dict | None:
     """{name, link, notice} of the licence an export of this family carries, or None."""
-    if family not in LICENCES:
+    if family not in FAMILIES or FAMILIES[family].licence is None:
         return None
-    name, link = LICENCES[family]
+    name, link = FAMILIES[family].licence
     return {"name": name, "link": link, "notice": notice_of(family)}
 
 
