@@ -1,8 +1,10 @@
 """The adapter_config.json fields we accept, checked before PEFT (or the fuser) sees them.
 
-The allow-list is every field of PEFT's LoraConfig and PeftConfig from 0.18 to 0.21 (0.21's list
-holds all the others'), each with the JSON values it may hold; any other field is refused, so a
-file written for a feature we have not read is never passed on. Fields that make PEFT import a
+The allow-list is every field of PEFT's LoraConfig and PeftConfig from 0.18 to 0.22 (0.22's list
+holds all the others'), each with the JSON values it may hold. PEFT writes every field of its
+LoraConfig, used or not, so a field a newer PEFT added is accepted while it is unset (null, false
+or empty: the feature is off) and refused when set, so a file written for a feature we have not
+read is never passed on. Fields that make PEFT import a
 package are refused outright: `megatron_config` (PEFT then imports the module named by
 `megatron_core`; 0.18 with no allow-list) and an `auto_mapping` naming a library other than
 transformers (AutoPeftModel imports it). Regexes (string `target_modules`, `layers_pattern`,
@@ -34,7 +36,12 @@ def _whole(minimum: int):
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past float's range (JSON allows any number of digits)
+        return False
 
 
 def _string(value) -> bool:
@@ -75,7 +82,7 @@ NULL_OR_STRING = ("null or a string", _either(_null, _string))
 BOOLEAN = ("true or false", _bool)
 MODULES = ("null, a regex string or a list of module names", _either(_null, _regex, _list_of(_string)))
 SUB_CONFIG = ("null or a JSON object", _either(_null, _object))
-# field -> (what it may hold, check); the fields of LoraConfig + PeftConfig, PEFT 0.18 to 0.21
+# field -> (what it may hold, check); the fields of LoraConfig + PeftConfig, PEFT 0.18 to 0.22
 FIELDS = {
     "peft_type": ("'LORA'", lambda value: value == "LORA"),
     "task_type": ("null or 'CAUSAL_LM'", lambda value: value in (None, "CAUSAL_LM")),
@@ -120,7 +127,9 @@ FIELDS = {
     "arrow_config": SUB_CONFIG,
     "kasa_config": SUB_CONFIG,
     "ensure_weight_tying": BOOLEAN,
+    "astra_config": SUB_CONFIG,  # 0.22
 }
+UNSET = (None, False, {}, [])  # how PEFT writes a field whose feature is off
 
 
 def importing_fields(config: dict) -> list[str]:
@@ -148,6 +157,10 @@ def importing_fields(config: dict) -> list[str]:
     return problems
 
 
+def _unset(value) -> bool:
+    return any(type(value) is type(off) and value == off for off in UNSET)
+
+
 def config_problems(config) -> list[str]:
     """Every reason this adapter_config.json content is refused ([] when it is accepted)."""
     if not isinstance(config, dict):
@@ -159,11 +172,12 @@ def config_problems(config) -> list[str]:
     problems = importing_fields(config)
     if problems:  # said on their own: nothing else matters
         return problems
-    unknown = [key for key in config if key not in FIELDS]
+    unknown = [key for key, value in config.items() if key not in FIELDS and not _unset(value)]
     if unknown:
         problems.append(
-            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(shown(key) for key in unknown)} (accepted: "
-            "the fields of PEFT's LoraConfig, 0.18 to 0.21); remove it, or upgrade spanish_ft if a newer PEFT wrote it"
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(shown(key) for key in unknown)} set (accepted: "
+            "the fields of PEFT's LoraConfig, 0.18 to 0.22, and any other field left null); remove it, or upgrade "
+            "spanish_ft if a newer PEFT wrote it"
         )
     for key, value in config.items():
         if key in FIELDS and not FIELDS[key][1](value):
@@ -184,7 +198,7 @@ def peft_config(config: dict, where: str):
 
     known = {field.name for field in dataclasses.fields(LoraConfig)} - {"runtime_config"}
     newer = [key for key, value in config.items()
-             if key not in known and key != "runtime_config" and value not in (None, False, {}, [])]
+             if key not in known and key != "runtime_config" and not _unset(value)]
     if newer:
         raise ValueError(f"{where}: {', '.join(newer)} {'need' if len(newer) > 1 else 'needs'} a newer PEFT than the "
                          f"installed {peft.__version__}; pip install -U peft")

@@ -16,7 +16,7 @@ tensor whose module the base model lacks, or target_modules leaves out, without 
 frozen stacked adapter. `resolve_adapter` turns an adapter's name (the extension's LoRA menu) into a
 folder strictly inside the adapters folder.
 
-    adapter = open_adapter(Path("loras/smollm2-135m-leyes-ec"))
+    adapter = open_adapter(Path("loras/gemma3-270m-leyes-ec"))
     adapter.config["r"], adapter.weights_file
 """
 
