@@ -52,6 +52,14 @@ def test_a_cited_article_comes_first(warm, question, expected):
     ("¿Cuáles son los requisitos de la legítima defensa en el Ecuador?", (COIP, "33")),
     ("¿Qué es el despido ineficaz?", ("Código del Trabajo", "195.1")),
     ("¿Qué son los bienes inmuebles?", ("Código Civil", "586")),
+    # a derivational variant: "embargar" meets "inembargable"
+    ("¿Se puede embargar el salario en el Ecuador?", (CRE, "328")),
+    # one paragraph of a long article
+    ("¿Responden los padres por los daños que causan sus hijos menores?", ("Código Civil", "2220")),
+    # a definition question gets the article that defines the term ("Posesión es la tenencia...")
+    ("¿Qué es la posesión según el Código Civil?", ("Código Civil", "715")),
+    ("¿En qué consiste el domicilio según el Código Civil?", ("Código Civil", "45")),
+    ("¿Qué es el comodato?", ("Código Civil", "2077")),  # no lexicon word: legal because an article defines it
 ])
 def test_a_topic_question_finds_its_article_in_the_top_4(warm, question, expected):
     assert expected in keys(retrieve(question, k=4, cache_dir=warm))
@@ -63,7 +71,9 @@ def test_a_named_norm_restricts_the_search(warm):
 
 
 @pytest.mark.parametrize("question", ["Escribe un poema sobre el mar", "¿Cuál es la capital de Ecuador?",
-                                      "Calcula el promedio de estas notas: 7, 9, 8 y 10."])
+                                      "Calcula el promedio de estas notas: 7, 9, 8 y 10.",
+                                      "¿Qué es el efecto invernadero?",  # a definition no article gives
+                                      "¿Cuántos minutos son 3,5 horas?"])
 def test_a_question_that_is_not_legal_gets_no_articles(warm, question):
     assert retrieve(question, cache_dir=warm) == []
 

@@ -1,9 +1,10 @@
 """The index is built once per corpus and kept on disk; each process loads it once.
 
 Folder: `<cache>/retrieval/<corpus sha256>/`, where <cache> is $SPANISH_FT_CACHE, else
-$XDG_CACHE_HOME/spanish_ft, else ~/.cache/spanish_ft. It holds the bm25s files, `articles.json`
-and `manifest.json` (format, bm25s version, settings digest, sha256 of every other file). It is
-written to a temporary sibling and renamed into place, so a reader sees all of it or none of it.
+$XDG_CACHE_HOME/spanish_ft, else ~/.cache/spanish_ft. It holds the two bm25s indexes (articles and
+their paragraphs), `articles.json` and `manifest.json` (format, bm25s version, settings digest,
+sha256 of every other file). It is written to a temporary sibling and renamed into place, so a
+reader sees all of it or none of it.
 On load every file is checked against the manifest: a corrupt or partial cache is named in a
 warning and rebuilt; an unwritable cache folder is a warning too, and the index is kept in memory.
 """
@@ -53,6 +54,7 @@ def save_index(index: Index, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         index.bm25.save(str(tmp / "bm25s"), show_progress=False)
+        index.passages.save(str(tmp / "passages"), show_progress=False)
         (tmp / ARTICLES).write_text(json.dumps(index.articles, ensure_ascii=False), encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, "bm25s": _bm25s_version(), "settings": settings_digest(),
@@ -94,8 +96,9 @@ def _read_cache(folder: Path, sha: str) -> Index:
     import bm25s
 
     bm25 = bm25s.BM25.load(str(folder / "bm25s"), show_progress=False)
+    passages = bm25s.BM25.load(str(folder / "passages"), show_progress=False)
     articles = json.loads((folder / ARTICLES).read_text(encoding="utf-8"))
-    return Index(bm25, articles, sha)
+    return Index(bm25, passages, articles, sha)
 
 
 def load_index(corpus_dir: str | Path = CORPUS_DIR, cache_dir: str | Path | None = None) -> Index:

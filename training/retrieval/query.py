@@ -3,8 +3,9 @@
 Norm names and citations are found with training.datasets.citations (the same aliases the data
 validator and the evaluation use), then cut out of the question, so "según el Código del Trabajo"
 restricts the search to that code instead of adding "trabajo" to every query. The lexicon is
-general legal vocabulary (stemmed like the index); with the BM25 score it tells a legal question
-from a general one ("Escribe un poema sobre el mar").
+general legal vocabulary (stemmed like the index); with the terms the corpus itself defines or puts
+in its titles and the BM25 score, search uses it to tell a legal question from a general one
+("Escribe un poema sobre el mar").
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 from functools import cache
 
 from training.datasets.citations import ARTICLES, Citation, find_citations, norm_mentions
-from training.retrieval.analyze import QUERY_STOP_WORDS, _stemmer, fold, words
+from training.retrieval.analyze import QUERY_STOP_WORDS, STOP_WORDS, fold, stems, words
 
-_LEXICON_WORDS = """ley leyes legal ilegal legalmente juridico juridica derecho derechos constitucion constitucional
-inconstitucional codigo norma reglamento delito delitos pena penas penal prision carcel crimen infraccion
+_LEXICON_WORDS = """ley leyes articulo articulos legal ilegal legalmente juridico juridica derecho derechos constitucion
+constitucional inconstitucional codigo norma reglamento delito delitos pena penas penal prision carcel crimen infraccion
 contravencion multa sancion juez jueza jueces tribunal corte fiscal fiscalia abogado demanda demandar denuncia
 denunciar juicio proceso procesal audiencia sentencia recurso apelacion casacion querella litigio
 contrato contratar despido despedir desahucio indemnizacion trabajador trabajadores empleador patrono empleado
@@ -43,13 +44,14 @@ ambientales indigenas comunas pueblos nacionalidades prioritaria discapacidad re
 class Query:
     norms: frozenset[str]  # canonical names of the norms the question names
     citations: tuple[Citation, ...]  # articles it cites, each with its norm (None if none named)
-    words: list[str]  # content words, norm names and citations cut out (folded, not stemmed)
-    legal_words: int  # how many of them are legal vocabulary
+    terms: list[str]  # stems of its content words, norm names and citations cut out
+    legal_terms: frozenset[str]  # those in the legal lexicon, and "ley", "norma", "artículo" (not search terms)
 
 
 @cache
-def _lexicon() -> frozenset[str]:
-    return frozenset(_stemmer().stemWords(_LEXICON_WORDS.split()))
+def legal_lexicon() -> frozenset[str]:
+    """Stems of general legal vocabulary ("despido", "herencia", "delito")."""
+    return frozenset(stems(_LEXICON_WORDS.split()))
 
 
 def parse(question: str) -> Query:
@@ -61,9 +63,11 @@ def parse(question: str) -> Query:
     topic = folded
     for start, end in sorted(spans, reverse=True):
         topic = topic[:start] + " " + topic[end:]
-    content = words(topic, QUERY_STOP_WORDS)
-    legal = sum(stem in _lexicon() for stem in _stemmer().stemWords(content))
-    return Query(frozenset(m[2] for m in mentions), tuple(find_citations(question)), content, legal)
+    content = words(topic, STOP_WORDS)
+    stemmed = stems(content)
+    terms = [stem for word, stem in zip(content, stemmed, strict=True) if word not in QUERY_STOP_WORDS]
+    legal = frozenset(stem for stem in stemmed if stem in legal_lexicon())
+    return Query(frozenset(m[2] for m in mentions), tuple(find_citations(question)), terms, legal)
 
 
 def cited_articles(query: Query, corpus_norms: list[str]) -> list[tuple[str, str]]:

@@ -4,11 +4,16 @@ The one entry point for the webui extension and the trainer. In order:
 1. refuse bad input (empty, longer than MAX_CHARS, k outside 1..MAX_K) with ValueError, before
    any work, so a 100 KB paste costs nothing;
 2. articles the question cites ("artículo 39 del COIP") come first, exactly, if in the corpus;
-3. then BM25 over article titles and texts (bm25s), restricted to the norms the question names,
-   derogated articles left out, with a small prior by norm rank for near ties;
+3. then BM25 over article titles, texts and section headings, mixed with the best paragraph's
+   (scoring.py; each question stem meets its derivational variants), restricted to the norms the
+   question names, derogated articles left out, with a small prior by norm rank for near ties; a
+   question that asks what something is ("¿Qué es el comodato?") raises the articles that define
+   its terms (definitions.py);
 4. a question that is not legal gets no articles at all ([]): it must name a norm or an article,
-   or its words must score high enough in the index, a lower bar when they include legal
-   vocabulary. Thresholds were tuned on the train splits (leyes-ec vs instrucciones-es).
+   or its words must score high enough in the index, a lower bar when they are legal vocabulary
+   (the lexicon in query.py, or terms the corpus defines or puts in article titles), or it asks
+   for a definition that one article gives. Thresholds were tuned on the train splits (leyes-ec
+   vs instrucciones-es).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from training.datasets.corpus.read import CORPUS_DIR
-from training.retrieval.analyze import stems
 from training.retrieval.cache import load_index
-from training.retrieval.index import scores
-from training.retrieval.query import cited_articles, parse
+from training.retrieval.definitions import asks_definition
+from training.retrieval.index import Index
+from training.retrieval.query import Query, cited_articles, parse
+from training.retrieval.scoring import defined_share, scores
 
 MAX_CHARS = 2000
 MAX_K = 50
@@ -34,12 +40,18 @@ NORM_PRIOR = {
     "Código Civil": 0.85,
     "Código del Trabajo": 0.85,
 }
-# When a question that names no norm or article is legal (tuned on the train splits: 90 % of leyes-ec
-# topic questions, 2.9 % of instrucciones-es): its legal words are at least LEGAL_SHARE of its terms
-# and its best score reaches MIN_SCORE_LEGAL, or the best article holds COVERAGE of its terms and
-# scores MIN_SCORE. Long general texts (a news article to summarise) score high but cover little.
-LEGAL_SHARE, MIN_SCORE_LEGAL = 0.34, 3.0
-COVERAGE, MIN_SCORE = 0.7, 5.0
+# When a question that names no norm or article is legal (tuned on the train splits: leyes-ec topic
+# questions against instrucciones-es, and robust to a lexicon missing 40 % of its words): at least
+# LEXICON_SHARE of its terms are legal words (Query.legal_terms) and its best article scores
+# MIN_SCORE_LEXICON; or it has a legal word, at least CORPUS_SHARE of its terms are legal words or terms
+# the corpus defines or puts in a title, every term is in two articles or more, and the best scores
+# MIN_SCORE_CORPUS; or the best article holds COVERAGE of its terms and scores MIN_SCORE; or it asks for a
+# definition and one article defines all its terms. Long general texts (a news article to summarise)
+# score high but cover little.
+LEXICON_SHARE, MIN_SCORE_LEXICON = 0.5, 3.0
+CORPUS_SHARE, MIN_SCORE_CORPUS = 0.6, 4.0
+COVERAGE, MIN_SCORE = 0.7, 6.0
+DEFINITION_BOOST = 2.0  # a definition question: score x (1 + this x how well the article's definiendum matches)
 
 
 @dataclass(frozen=True)
@@ -78,14 +90,17 @@ def retrieve(question: str, k: int = 4, corpus_dir: str | Path = CORPUS_DIR,
     named = [n for n in query.norms if n in corpus_norms]
     if query.norms and not named and not cited:
         return []  # it asks about a norm the corpus does not hold: articles of another norm would mislead
-    terms = stems(query.words)
-    raw = scores(index.bm25, terms)
+    raw = scores(index, query.terms)
+    definition = bool(query.terms) and asks_definition(question)
+    if definition:
+        raw = raw * (1.0 + DEFINITION_BOOST * defined_share(index, query.terms))
     prior = np.array([NORM_PRIOR.get(n, 0.9) for n in index.norms], dtype=np.float32)[index.norm_of]
     ranked = raw * prior * index.active
     if named:
         ranked = ranked * np.isin(index.norm_of, [index.norms.index(n) for n in named])
     best = float(ranked.max(initial=0.0))
-    if not (query.norms or any(c.norma for c in query.citations) or _is_legal(index, query, terms, ranked, best)):
+    if not (query.norms or any(c.norma for c in query.citations) or _is_legal(index, query, ranked, best)
+            or definition and _is_defined(index, query.terms)):
         return []
     order = cited[:k]
     if len(order) < k and best > 0:
@@ -95,9 +110,23 @@ def retrieve(question: str, k: int = 4, corpus_dir: str | Path = CORPUS_DIR,
             for i in order[:k]]
 
 
-def _is_legal(index, query, terms: list[str], ranked: np.ndarray, best: float) -> bool:
-    distinct = set(terms)
-    if query.legal_words and query.legal_words / max(len(distinct), 1) >= LEGAL_SHARE and best >= MIN_SCORE_LEGAL:
+def _is_defined(index: Index, terms: list[str]) -> bool:
+    """Whether one article defines every term ("¿Qué es el comodato?": "Comodato o préstamo de uso es...")."""
+    defining = [set(index.defined_by.get(term, ())) for term in set(terms)]
+    return bool(set.intersection(*defining))
+
+
+def _is_legal(index: Index, query: Query, ranked: np.ndarray, best: float) -> bool:
+    distinct = set(query.terms)
+    if not distinct:
+        return False
+    asked, legal = len(distinct | query.legal_terms), query.legal_terms
+    if legal and len(legal) / asked >= LEXICON_SHARE and best >= MIN_SCORE_LEXICON:
+        return True
+    vocab = index.bm25.vocab_dict
+    known = all(term in vocab and index.doc_freq[vocab[term]] >= 2 for term in distinct)
+    corpus = legal | {term for term in distinct if term in index.defined_by}
+    if legal and known and len(corpus) / asked >= CORPUS_SHARE and best >= MIN_SCORE_CORPUS:
         return True
     if best < MIN_SCORE:
         return False
