@@ -18,7 +18,8 @@ from training.retrieval.scoring import Variants
     ("", "Se llama persona jurídica una persona ficticia, capaz de ejercer derechos.", "persona juridica"),
     ("", "La persona que se obliga a la prestación del servicio se denomina trabajador y puede ser empleado.",
      "trabajador"),
-    ("Culpa", "Actúa con culpa la persona que infringe el deber objetivo de cuidado.", "Culpa"),  # the title
+    ("Culpa", "Actúa con culpa la persona que infringe el deber objetivo de cuidado.", "culpa"),  # the title
+    ("Concepto de trabajador", "La persona que se obliga a la prestación del servicio...", "trabajador"),
     ("", "Si el hijo es común de ambos cónyuges, la sociedad conyugal goza del usufructo.", ""),  # a condition
     ("", "Para que cese la posesión inscrita es necesario que la inscripción se cancele.", ""),
     ("", "La costumbre no constituye derecho sino en los casos en que la ley se remite a ella.", ""),

@@ -29,6 +29,7 @@ una uno unos y ya yo cada cual cuales"""
 # question words, verbs of asking, and words with no weight in a question about Ecuadorian law
 _QUESTION = """que como cual cuales cuando cuanto cuanta cuantos cuantas donde quien quienes puede pueden puedo
 podria debe deben debo deberia hacer hace existe existen hay dice dicen establece establecen dispone disponen
+necesita necesitan necesito requiere requieren sirve sirven
 senala prevee preve contempla contemplan indica regula menciona dicta define considera consiste segun acuerdo
 ecuador ecuatoriano ecuatoriana ecuatorianos ecuatorianas pais ley leyes norma normas articulo articulos art arts
 caso casos alguien algun alguna persona explica explicame dime cuentame sobre tema respecto forma manera modo

@@ -27,7 +27,8 @@ _VERB_FIRST = re.compile(r"^(?:son|seran) ((?:[a-z]+ ?){1,5})")
 _NAMED = re.compile(r"\bse (?:llama|llaman|denomina|denominan|entiende por|entienden por) ((?:[a-z]+ ?){1,5})")
 _QUESTION = re.compile(r"(?:^|[¿,;.:])\s*(?:que (?:es|son)|en que consisten?|quienes? (?:es|son)|como (?:se )?definen?|"
                        r"que se entiende por|a que se (?:llama|denomina)|que significa|concepto de|definicion de)\b")
-PATTERNS = [pattern.pattern for pattern in (_SUBJECT_FIRST, _VERB_FIRST, _NAMED)]  # they shape the index
+_TITLE_PREFIX = re.compile(r"^(?:concepto|definicion|nocion)e?s? (?:de |del )?")  # "Concepto de trabajador"
+PATTERNS = [pattern.pattern for pattern in (_SUBJECT_FIRST, _VERB_FIRST, _NAMED, _TITLE_PREFIX)]  # they shape the index
 _ARTICLES = frozenset("el la los las lo un una unos unas".split())
 
 
@@ -51,8 +52,8 @@ def _leading_run(phrase: str, limit: int = 4) -> str:
 
 def definiendum(titulo: str, texto: str) -> str:
     """The term an article defines: its title, else the term its first sentence defines ("" if none)."""
-    if titulo:
-        return titulo
+    if titulo:  # "Concepto de trabajador" defines "trabajador"
+        return _TITLE_PREFIX.sub("", fold(titulo)) or titulo
     first = re.split(r"[.:;\n]", fold(texto), maxsplit=1)[0][:200]
     for pattern, run in ((_SUBJECT_FIRST, False), (_VERB_FIRST, True), (_NAMED, True)):
         found = pattern.search(first)
