@@ -1,13 +1,13 @@
 """The pieces of retrieval that work on words: what an article defines, definition questions, and the
-derivational variants a question's stem meets in the index (training/retrieval/definitions.py, scoring.py)."""
+derivational variants a question's stem meets in the index (training/retrieval/definitions.py, analyze.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from training.retrieval import definitions, index
+from training.retrieval.analyze import Variants
 from training.retrieval.definitions import asks_definition, definiendum
-from training.retrieval.scoring import Variants
 
 
 @pytest.mark.parametrize(("titulo", "texto", "expected"), [

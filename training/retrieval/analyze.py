@@ -64,3 +64,36 @@ def stems(content_words: list[str]) -> list[str]:
 def terms(text: str) -> list[str]:
     """Index terms of an article's text: folded, stop words out, stemmed."""
     return stems(words(fold(text)))
+
+
+VARIANT_WEIGHT, VARIANT_MIN_CHARS, VARIANT_MAX_SUFFIX = 0.5, 5, 4
+NEGATIONS = ("in", "im", "ir", "i")
+
+
+class Variants:
+    """A query stem's derivational variants in an index vocabulary, each with its weight (found once per stem)."""
+
+    def __init__(self, vocabulary):
+        self.vocabulary = frozenset(vocabulary)
+        self.by_prefix: dict[str, list[str]] = {}
+        for stem in self.vocabulary:
+            self.by_prefix.setdefault(stem[:VARIANT_MIN_CHARS], []).append(stem)
+        self.found: dict[str, list[tuple[str, float]]] = {}
+
+    def __call__(self, term: str) -> list[tuple[str, float]]:
+        """(stem, weight) for the term itself (1.0, if the index holds it) and each variant; [] if none is held."""
+        if term not in self.found:
+            weights = {}
+            if len(term) >= VARIANT_MIN_CHARS:
+                for stem in self.by_prefix.get(term[:VARIANT_MIN_CHARS], ()):
+                    short, long = sorted((term, stem), key=len)
+                    if long.startswith(short) and len(long) - len(short) <= VARIANT_MAX_SUFFIX:
+                        weights[stem] = VARIANT_WEIGHT
+                for prefix in NEGATIONS:
+                    negated = term[len(prefix):] if term.startswith(prefix) else prefix + term
+                    if negated in self.vocabulary and len(negated) >= VARIANT_MIN_CHARS:
+                        weights[negated] = VARIANT_WEIGHT
+            if term in self.vocabulary:
+                weights[term] = 1.0
+            self.found[term] = list(weights.items())
+        return self.found[term]

@@ -20,10 +20,9 @@ from functools import cache
 
 import numpy as np
 
+import training.retrieval.definitions as definitions  # by module: tests change PATTERNS
 from training.datasets.citations import canonical_article
-from training.retrieval import definitions
-from training.retrieval.analyze import STOP_WORDS, terms
-from training.retrieval.scoring import Variants
+from training.retrieval.analyze import STOP_WORDS, Variants, terms
 
 FORMAT = 3  # layout of the cached index (training/retrieval/cache.py)
 TITLE_REPEAT, HEADING_REPEAT = 3, 1
