@@ -186,3 +186,19 @@ def test_accelerate_configs_load(name, kind, repo_root):
 
     config = load_config_from_file(str(repo_root / "training" / "accelerate" / name))
     assert config.distributed_type.value == kind and config.mixed_precision == "no"
+
+
+def test_the_cli_drops_bitsandbytes_hub_kernel_notice_only(capsys, caplog):
+    """bitsandbytes >= 0.50 warns on import that it could not fetch a Hub kernel (proposing
+    trust_remote_code); the command line drops that one notice and nothing else of its logger."""
+    import logging
+
+    from training.__main__ import main
+
+    assert main([]) == 2  # help, and the filter installed
+    capsys.readouterr()
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s.", "no network")
+        logger.warning("another bitsandbytes warning")
+    assert [record.getMessage() for record in caplog.records] == ["another bitsandbytes warning"]

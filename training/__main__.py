@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import traceback
@@ -98,8 +99,17 @@ def report_error(err: Exception) -> int:
     return 1
 
 
+def _not_a_hub_kernel_notice(record: logging.LogRecord) -> bool:
+    """bitsandbytes >= 0.50 on a CPU with AVX512-BF16, where the `kernels` package is installed,
+    asks the Hugging Face Hub for a CPU 4-bit kernel when imported; offline, or for a publisher it
+    cannot verify, it warns and keeps its own kernel (what the bundle measures and tests). The
+    warning proposes trust_remote_code, which the bundle never sets: it is dropped."""
+    return "kernels-community" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_a_hub_kernel_notice)
     try:
         check_early(argv)
         args = parse_args(argv)  # imports the command's module: a missing package is reported, not a traceback

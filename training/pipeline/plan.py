@@ -45,12 +45,13 @@ GPU_CLASSES = (  # (up to GB of memory, class, tokens/s of a 7B QLoRA step): ass
 SEVEN_B = 7.0e9
 TRAINING_FIX = "Lower training.batch_size (raise training.grad_accumulation to keep the batch) or dataset.max_tokens"
 NO_CHECKPOINTING_SPEEDUP = 1.4
-# The evaluation, per variant: seconds per held-out row of the loss pass and per greedy answer (batch 8)
-# of `new_tokens` tokens. CPU: the demo model on 2 idle cores, from measurements (the loss pass: 57
-# CPU-seconds for the 63 instrucciones-es rows on one thread, taken as 1.65x faster on two; the answers:
-# the 21 minutes of the full evaluation minus its loss pass). GPU: assumed for a 7B.
-SECONDS_PER_LOSS_ROW = {"cpu": (0.55, 134_515_008), "cuda": (0.02, SEVEN_B)}
-SECONDS_PER_ANSWER = {"cpu": (1.6, 134_515_008, 80), "cuda": (0.5, SEVEN_B, 96)}
+# The evaluation, per variant: seconds per held-out row of the loss pass (in float32) and per greedy
+# answer (batch 8) of `new_tokens` tokens, for a model of the given size. CPU: the demo model
+# (Gemma-3-270M) on 2 idle cores, README's first command on a fresh clone, December 2026: 568 rows
+# scored in 218 s under bf16 autocast (0.38 s a row, so 0.57 s in float32) and 32 answers of up to 80
+# tokens in 120 s. GPU: assumed for a 7B.
+SECONDS_PER_LOSS_ROW = {"cpu": (0.57, 268_098_176), "cuda": (0.02, SEVEN_B)}
+SECONDS_PER_ANSWER = {"cpu": (3.75, 268_098_176, 80), "cuda": (0.5, SEVEN_B, 96)}
 BF16_LOSS_SPEEDUP = 1.5  # the loss pass under bfloat16 autocast on a CPU with AVX512-BF16 (measured, 1.5-1.6x)
 EVAL_BATCH = 8
 
@@ -182,11 +183,13 @@ def evaluation_time(loss_rows: int, answers: int, params: int, device: Device, e
     if evaluation.bf16_loss and device.kind == "cpu" and cpu_has_native_bf16():
         per_row /= BF16_LOSS_SPEEDUP  # training/evaluate/compare.py: loss_dtype
     per_answer, reference, new_tokens = SECONDS_PER_ANSWER[device.kind]
-    seconds = (loss_rows * per_row * params / row_reference
-               + answers * per_answer * params / reference * max_new_tokens / new_tokens)
-    kind = "measured for the demo model on 2 CPU cores" if device.kind == "cpu" else "assumed for a 7B on a GPU"
-    return seconds, (f"{loss_rows} rows scored, {answers} answers of up to {max_new_tokens} tokens "
-                     f"({per_row:.2f} s a row, {per_answer} s an answer of {new_tokens} tokens, {kind})")
+    per_row *= params / row_reference
+    per_answer *= params / reference * max_new_tokens / new_tokens
+    kind = ("scaled from the demo model's, measured on 2 CPU cores" if device.kind == "cpu"
+            else "assumed for a 7B on a GPU")
+    return loss_rows * per_row + answers * per_answer, (
+        f"{loss_rows} rows scored, {answers} answers of up to {max_new_tokens} tokens "
+        f"({per_row:.2f} s a row, {per_answer:.1f} s an answer, {kind})")
 
 
 def check_fits(steps: list[PlannedStep], device: Device, force: bool) -> None:
