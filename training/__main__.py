@@ -32,7 +32,7 @@ COMMANDS = {
     "export-gguf": ("training.adapters.gguf.export", "export an adapter merged into its base as a GGUF file"),
     "evaluate": ("training.evaluate.compare", "compare the base model and adapters on held-out data"),
     "memory": ("training.memory.report", "estimate memory for inference and training from a model config"),
-    "fetch-demo-model": ("training.demo.model", "write a CPU demo model (SmolLM2-135M, or Gemma-3-270M) as an HF folder"),
+    "fetch-demo-model": ("training.demo.model", "write the CPU demo model (Gemma-3-270M) as an HF folder"),
     "demo": ("training.demo.run", "the CPU demo: demo model, adapters, evaluation, webui install"),
     "pipeline": ("training.pipeline.run", "one family end to end: plan, train both adapters, fuse, evaluate, install"),
     "compare": ("training.evaluate.across", "one report across families from their pipeline runs, no retraining"),
