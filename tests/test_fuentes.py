@@ -112,3 +112,59 @@ def test_citations_are_checked_against_the_sources(answer, verified, unverified)
     check = citation_check(answer, retrieve(JORNADA, 3))
     assert [c.articulo for c in check.verified] == verified
     assert [c.articulo for c in check.unverified] == unverified
+
+
+def test_dataset_retrieval_grounds_the_tasks_rows_and_records_it(tmp_path, repo_root):
+    """prepare_data with a Grounder: the user turn the model learns from is grounded_turn's, the
+    answers of "missing" rows cite nothing, replayed rows stay as they are, the record says so."""
+    from tiny import build_tokenizer
+
+    from training.config import DataSettings, ReplaySettings, RetrievalSettings
+    from training.data.prepare import prepare_data
+    from training.retrieval.fuentes import Grounder
+
+    leyes = tmp_path / "leyes.jsonl"
+    leyes.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows()[:40]), encoding="utf-8")
+    replayed = tmp_path / "otra.jsonl"
+    replayed.write_text(json.dumps({"instruction": "Calcula 12 más 30.", "output": "42."}) + "\n", encoding="utf-8")
+    settings = DataSettings(train=str(leyes), eval=None, eval_fraction=0.0, format="alpaca", split="train",
+                            on_error="raise", max_tokens=4096, replay=ReplaySettings(str(replayed), 1),
+                            retrieval=RetrievalSettings(k=2, missing_share=0.3))
+    tokenizer = build_tokenizer("falcon")  # byte-level: decoding gives the text back
+    template = load_template(repo_root / "instruction-templates" / "spanish_ft-Falcon.yaml")
+    ground = Grounder(settings.retrieval, seed=3)
+    data = prepare_data(settings, tokenizer, template, seed=3, ground=ground)
+    record = data.record["retrieval"]
+    assert record["k"] == 2 and sum(record["rows"].values()) == 40 and record["rows"]["missing"] > 0
+    assert len(record["corpus_sha256"]) == 64
+    texts = [tokenizer.decode(ids) for ids in data.train["input_ids"]]
+    assert sum(HEADER in text for text in texts) == record["rows"]["gold"] + record["rows"]["missing"]
+    assert not any(HEADER in text for text in texts if "Calcula 12" in text)  # the replayed row
+    first = rows()[0]
+    made = grounded_row(first["instruction"], first["output"], first["fuente"], first["id"], 2, 0.3, 3)
+    assert made.user in texts[0] and made.answer in texts[0]
+
+
+@pytest.mark.parametrize(("question", "absent"), [
+    ("¿Qué dice el Código de la Niñez y Adolescencia sobre la pensión alimenticia?",
+     ["Código de la Niñez y Adolescencia"]),
+    ("¿Qué sanción impone la Ley Orgánica de Protección de Datos Personales por filtrar datos?",
+     ["Ley Orgánica de Protección de Datos Personales"]),
+    ("¿Qué dice la Ley Orgánica de Garantías Jurisdiccionales sobre la acción de protección?", []),  # held, shortened
+    ("¿Qué dice el Código del Trabajo sobre las vacaciones?", []),
+    ("¿Según la ley de la oferta y la demanda sube el precio?", []),  # not a title
+])
+def test_a_named_norm_without_text_here_is_said_in_the_turn(question, absent):
+    from training.retrieval.fuentes import absent_norms, sources_for
+
+    assert absent_norms(question) == absent
+    hits, missing = sources_for(question, 3)
+    turn = grounded_turn(question, hits, missing)
+    assert all(f"[sin texto] {norma}: esta norma no está entre las fuentes." in turn for norma in absent)
+
+
+def test_a_row_citing_a_norm_with_no_text_here_learns_to_say_so():
+    fuente = {"norma": "Código de la Niñez y Adolescencia", "articulo": "15"}
+    made = grounded_row("¿Qué derechos reconoce el Código de la Niñez y Adolescencia?", "Según el artículo 15 ...",
+                        fuente, "cna", k=3, missing_share=0.0, seed=1)
+    assert made.kind == "absent" and made.answer in NOT_IN_SOURCES and "[sin texto] Código de la Niñez" in made.user

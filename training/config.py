@@ -58,6 +58,13 @@ class ReplaySettings:
 
 
 @dataclass(frozen=True)
+class RetrievalSettings:
+    k: int = 3
+    missing_share: float = 0.2
+    corpus: Path | None = None  # resolved like every recipe path; None: the shipped corpus
+
+
+@dataclass(frozen=True)
 class DataSettings:
     train: str
     eval: str | None
@@ -67,6 +74,7 @@ class DataSettings:
     on_error: str
     max_tokens: int
     replay: ReplaySettings | None = None
+    retrieval: RetrievalSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -281,7 +289,10 @@ def build_config(recipe: dict, source: str) -> RunConfig:
     lora = dict(recipe["lora"], target_modules=tuple(recipe["lora"]["target_modules"]),
                 stack_on_path=stack_on and _resolve(stack_on))
     replay = recipe["dataset"]["replay"]
-    data = dict(recipe["dataset"], replay=replay and ReplaySettings(**replay))
+    retrieval = recipe["dataset"]["retrieval"]
+    data = dict(recipe["dataset"], replay=replay and ReplaySettings(**replay),
+                retrieval=retrieval and RetrievalSettings(**dict(retrieval, corpus=retrieval["corpus"]
+                                                                 and _resolve(retrieval["corpus"]))))
     return RunConfig(
         name=recipe["name"],
         task=recipe["task"],

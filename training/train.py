@@ -83,13 +83,19 @@ def _train(config: RunConfig, callbacks: Sequence, replace: bool) -> Path:
             _say(f"warning: {note}")
     template = load_template(config.template_path)
     tokenizer = load_tokenizer(config.model)
-    data = prepare_data(config.data, tokenizer, template, config.training.seed)
+    ground = None
+    if config.data.retrieval is not None:
+        from training.retrieval.fuentes import Grounder
+
+        ground = Grounder(config.data.retrieval, config.training.seed)
+    data = prepare_data(config.data, tokenizer, template, config.training.seed, ground)
     for note in data.notes:
         _say(f"warning: {note}")
     replay = data.record.get("replay")
     _say(
         f"data: {data.record['rows_kept']} train rows"
         + (f" ({replay['rows']} replayed from {replay['train']})" if replay else "")
+        + (f", with Fuentes ({ground.summary()})" if ground else "")
         + f", {data.record['rows_eval']} eval rows, "
         + f"{data.record['answer_tokens']} answer tokens of {data.record['tokens']}"
     )

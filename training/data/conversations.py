@@ -78,11 +78,17 @@ def _field(row: dict, key: str, what: str, where: str = "") -> str:
     return value
 
 
-def encode_row(row: object, data_format: str, tokenizer, template: InstructionTemplate) -> Encoded:
-    """Token ids with answer-only labels; RowError for a row that cannot be trained as the webui prompts."""
+def encode_row(row: object, data_format: str, tokenizer, template: InstructionTemplate, ground=None) -> Encoded:
+    """Token ids with answer-only labels; RowError for a row that cannot be trained as the webui prompts.
+
+    `ground(row, conversation) -> conversation`, when given, rewrites the conversation first (the law
+    articles of dataset.retrieval in the user's turn: training/retrieval/fuentes.py, passed by train.py).
+    """
     conversation = to_conversation(row, data_format)
     if isinstance(conversation, str):
         return encode_text(tokenizer, conversation)
+    if ground is not None:
+        conversation = ground(row, conversation)
     try:
         encoded = encode_segments(tokenizer, template.split(conversation))
     except (BoundaryError, TemplateFileError) as err:  # e.g. a template's raise_exception on this conversation

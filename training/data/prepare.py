@@ -33,8 +33,9 @@ class SplitReport:
     problems: list[str] = field(default_factory=list)
 
 
-def load_split(source_name: str, settings: DataSettings, tokenizer, template) -> tuple[list[Encoded], SplitReport]:
-    """Encode every usable row of one source; raise DataError per `settings.on_error`."""
+def load_split(source_name: str, settings: DataSettings, tokenizer, template,
+               ground=None) -> tuple[list[Encoded], SplitReport]:
+    """Encode every usable row of one source (`ground`: see encode_row); raise DataError per `settings.on_error`."""
     source = read_source(source_name, settings.split)
     report = SplitReport(source=source_name, sha256=source.sha256, hashed=source.hashed)
     kept: list[Encoded] = []
@@ -43,7 +44,7 @@ def load_split(source_name: str, settings: DataSettings, tokenizer, template) ->
         try:
             if isinstance(row, RowError):
                 raise row
-            encoded = encode_row(row, settings.format, tokenizer, template)
+            encoded = encode_row(row, settings.format, tokenizer, template, ground)
         except RowError as err:
             report.problems.append(f"{source_name}, {where}: {err}")
             continue
@@ -115,12 +116,16 @@ class PreparedData:
     notes: list[str]  # what was skipped, for the log
 
 
-def prepare_data(settings: DataSettings, tokenizer, template, seed: int) -> PreparedData:
-    """Train and eval datasets (eval from `dataset.eval` or a held-out share of train) and their record."""
-    train_rows, train_report = load_split(settings.train, settings, tokenizer, template)
+def prepare_data(settings: DataSettings, tokenizer, template, seed: int, ground=None) -> PreparedData:
+    """Train and eval datasets (eval from `dataset.eval` or a held-out share of train) and their record.
+
+    `ground` (dataset.retrieval; see encode_row) rewrites this task's rows, never the replayed ones; its
+    `record()` goes into the training record.
+    """
+    train_rows, train_report = load_split(settings.train, settings, tokenizer, template, ground)
     eval_rows, eval_report = [], None
     if settings.eval is not None:
-        eval_rows, eval_report = load_split(settings.eval, settings, tokenizer, template)
+        eval_rows, eval_report = load_split(settings.eval, settings, tokenizer, template, ground)
     elif settings.eval_fraction > 0:
         train_rows, eval_rows = split_eval(train_rows, settings.eval_fraction, seed)
     replay_record = None
@@ -145,6 +150,8 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int) -> Prep
         record.update(eval=settings.eval, eval_sha256=eval_report.sha256)
     if replay_record is not None:
         record["replay"] = replay_record
+    if ground is not None:
+        record["retrieval"] = ground.record()
     notes = [list_problems(r.source, r.problems) for r in (train_report, eval_report) if r is not None and r.problems]
     notes += [
         f"{r.source}: {r.rows_dropped} row(s) longer than dataset.max_tokens={settings.max_tokens} dropped"

@@ -17,17 +17,20 @@ long lists would otherwise crowd out the other articles.
 Training rows (`grounded_row`) follow RAFT (Zhang et al., 2024): the gold article among the
 retrieved ones (put in by hand, at a seeded place, when retrieval misses it), and, for a seeded
 share of rows, the gold article left out and the answer replaced by one that says the articles
-given do not settle the question and cites none. `citation_check` tells which citations of an
+given do not settle the question and cites none; the same answer for a question about a norm whose
+text the corpus does not hold (the turn says so: "[sin texto] <norm>"). `citation_check` tells which citations of an
 answer name an article that was in the prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections import Counter
 from dataclasses import dataclass
 
-from training.datasets.citations import Citation, canonical_article, find_citations
-from training.datasets.corpus.read import CORPUS_DIR
+from training.datasets.citations import Citation, canonical_article, find_citations, fold, norm_mentions
+from training.datasets.corpus.read import CORPUS_DIR, corpus_sha256, read_manifest
 from training.retrieval.analyze import terms
 from training.retrieval.cache import load_index
 from training.retrieval.search import Hit, retrieve
@@ -79,11 +82,41 @@ def source_line(number: int, hit: Hit, question: str) -> str:
     return f"[{number}] {hit.norma}, artículo {hit.articulo}{title}. {excerpt(hit.texto, question)}"
 
 
-def grounded_turn(question: str, hits: list[Hit]) -> str:
-    """The user's turn with its sources; the question alone when there are none (not a legal question)."""
-    if not hits:
+# a norm named by its title: "la Ley Orgánica de Protección de Datos Personales por ..." (up to a word
+# that starts what is asked of it, or punctuation)
+# (capitalised, as titles are written: "la ley de la oferta y la demanda" is not one)
+NAMED_NORM = re.compile(r"\b((?:Ley|Código|Reglamento)(?:\s+(?:Orgánica|Orgánico|General|Reformatoria))?"
+                        r"\s+(?:de|del|para|sobre)\s+[^?¿,.;:!()]+?)(?=\s+(?:sobre|por|para|en|según|con|a|al|"
+                        r"que|cuando|si)\b|[?¿,.;:!()]|$)")
+
+
+def absent_norms(question: str, corpus_dir=CORPUS_DIR) -> list[str]:
+    """The norms the question names whose text the corpus does not hold ("según el Código de la Niñez",
+    "la Ley Orgánica de Protección de Datos Personales"): by the names citations.NORMS knows, or by title."""
+    held = set(load_index(corpus_dir).norms)
+    named = dict.fromkeys(norma for _, _, norma in norm_mentions(fold(question)))
+    for match in NAMED_NORM.finditer(question):
+        title = match.group(1).strip()
+        folded = fold(title)
+        known = [norma for _, _, norma in norm_mentions(folded)] or [
+            norma for norma in held if fold(norma).startswith(folded)]  # a held norm's title, shortened
+        if not known:
+            named.setdefault(title[0].upper() + title[1:], None)
+    return [norma for norma in named if norma not in held]
+
+
+def sources_for(question: str, k: int, corpus_dir=CORPUS_DIR) -> tuple[list[Hit], list[str]]:
+    """(articles for the question, norms it names that the corpus lacks): what a grounded turn shows."""
+    return retrieve(question, k, corpus_dir=corpus_dir), absent_norms(question, corpus_dir)
+
+
+def grounded_turn(question: str, hits: list[Hit], absent: list[str] | tuple = ()) -> str:
+    """The user's turn with its sources, and a line per named norm whose text is not among them;
+    the question alone when there is neither (not a legal question)."""
+    if not hits and not absent:
         return question
-    lines = [HEADER, *(source_line(i, hit, question) for i, hit in enumerate(hits, start=1))]
+    lines = [HEADER, *(source_line(i, hit, question) for i, hit in enumerate(hits, start=1)),
+             *(f"[sin texto] {norma}: esta norma no está entre las fuentes." for norma in absent)]
     return "\n".join(lines) + "\n\n" + QUESTION + question
 
 
@@ -91,7 +124,9 @@ def grounded_turn(question: str, hits: list[Hit]) -> str:
 class GroundedRow:
     user: str  # the user's turn, sources included
     answer: str
-    kind: str  # "gold": gold article among the sources; "missing": left out, answer says so; "none": no sources
+    # "gold": gold article among the sources; "missing": left out, the answer says so; "absent": the norm
+    # it cites has no text here, the answer says so; "none": no sources, the row as it was
+    kind: str
 
 
 def article_hit(norma: str, articulo: str, corpus_dir=CORPUS_DIR) -> Hit | None:
@@ -114,22 +149,68 @@ def _draw(seed: int, key: str) -> float:
 def grounded_row(question: str, answer: str, fuente: dict | None, row_key: str, k: int, missing_share: float,
                  seed: int, corpus_dir=CORPUS_DIR) -> GroundedRow:
     """A leyes-ec row rendered with sources, RAFT-style (module docstring). `fuente`: the row's gold article."""
-    hits = retrieve(question, k + 1, corpus_dir=corpus_dir)
+    hits, absent = sources_for(question, k + 1, corpus_dir)
     gold = article_hit(fuente["norma"], str(fuente["articulo"]), corpus_dir) if fuente else None
-    if not hits or gold is None:  # not legal to the trigger, or a norm with no text here: as the chat sees it
-        return GroundedRow(grounded_turn(question, hits[:k]), answer, "none")
-    same = [h for h in hits if (h.norma, canonical_article(h.articulo)) == (gold.norma,
-                                                                            canonical_article(gold.articulo))]
-    others = [h for h in hits if h not in same]
+    if gold is None and fuente and fuente["norma"] in absent:  # its norm has no text here, and the chat says so
+        pick = int(_draw(seed, "answer:" + row_key) * len(NOT_IN_SOURCES))
+        return GroundedRow(grounded_turn(question, hits[:k], absent), NOT_IN_SOURCES[pick], "absent")
+    if not hits or gold is None:  # not legal to the trigger, or no gold article: as the chat sees it
+        return GroundedRow(grounded_turn(question, hits[:k], absent), answer, "none")
+
+    def is_gold(hit: Hit) -> bool:
+        return (hit.norma, canonical_article(hit.articulo)) == (gold.norma, canonical_article(gold.articulo))
+
+    others = [h for h in hits if not is_gold(h)]
     if _draw(seed, "missing:" + row_key) < missing_share:
         pick = int(_draw(seed, "answer:" + row_key) * len(NOT_IN_SOURCES))
-        return GroundedRow(grounded_turn(question, others[:k]), NOT_IN_SOURCES[pick], "missing")
-    if same:  # retrieval found it: its own order, as in the chat
-        return GroundedRow(grounded_turn(question, hits[:k]), answer, "gold")
+        return GroundedRow(grounded_turn(question, others[:k], absent), NOT_IN_SOURCES[pick], "missing")
+    if any(is_gold(h) for h in hits[:k]):  # retrieval found it: its own order, as in the chat
+        return GroundedRow(grounded_turn(question, hits[:k], absent), answer, "gold")
     place = int(_draw(seed, "place:" + row_key) * k)
     sources = others[: k - 1]
     sources.insert(min(place, len(sources)), gold)
-    return GroundedRow(grounded_turn(question, sources), answer, "gold")
+    return GroundedRow(grounded_turn(question, sources, absent), answer, "gold")
+
+
+class Grounder:
+    """`dataset.retrieval` as encode_row's `ground`: each row's last user turn gets its sources, RAFT-style.
+
+    The row's gold article is its `fuente` ({norma, articulo}; rows without one get the sources the
+    chat would give, answer unchanged). Counts what it made, for the training record.
+    """
+
+    def __init__(self, settings, seed: int):
+        self.k, self.missing_share, self.seed = settings.k, settings.missing_share, seed
+        self.corpus_dir = settings.corpus or CORPUS_DIR
+        self.kinds: Counter = Counter()
+
+    def __call__(self, row: dict, conversation: list[dict]) -> list[dict]:
+        users = [i for i, message in enumerate(conversation) if message["role"] == "user"]
+        answers = [i for i, message in enumerate(conversation) if message["role"] == "assistant" and i > users[-1]]
+        if not answers:  # the last user turn has no answer to learn: the row is left as it is
+            return conversation
+        ask, answer = users[-1], answers[0]
+        question = conversation[ask]["content"]
+        fuente = row.get("fuente")
+        if not (isinstance(fuente, dict) and isinstance(fuente.get("norma"), str)
+                and isinstance(fuente.get("articulo"), (str, int))):
+            fuente = None
+        key = row["id"] if isinstance(row.get("id"), str) else hashlib.sha256(question.encode()).hexdigest()
+        made = grounded_row(question, conversation[answer]["content"], fuente, key, self.k, self.missing_share,
+                            self.seed, self.corpus_dir)
+        self.kinds[made.kind] += 1
+        conversation = [dict(message) for message in conversation]
+        conversation[ask]["content"], conversation[answer]["content"] = made.user, made.answer
+        return conversation
+
+    def summary(self) -> str:
+        return (f"k={self.k}: {self.kinds['gold']} rows with the gold article, {self.kinds['missing']} without it, "
+                f"{self.kinds['absent']} citing a norm with no text here, {self.kinds['none']} with no sources")
+
+    def record(self) -> dict:
+        return {"k": self.k, "missing_share": self.missing_share,
+                "corpus_sha256": corpus_sha256(read_manifest(self.corpus_dir)),
+                "rows": {kind: self.kinds[kind] for kind in ("gold", "missing", "absent", "none")}}
 
 
 @dataclass(frozen=True)
