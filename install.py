@@ -43,8 +43,9 @@ SKIP_DIRS = {"__pycache__"}
 # estimator's shipped model configs). Nothing else of training/ goes into the webui;
 # tests/test_install.py follows the extension's imports with ast to check this list.
 EXTENSION_TRAINING = ("__init__.py", "families.py", "templates.py", "files.py", "safeyaml.py", "userdata.py",
-                      "strict_json.py", "sandbox.py", "adapters", "memory")
-TRAINING_SUFFIXES = {".py", ".json"}
+                      "strict_json.py", "sandbox.py", "adapters", "memory", "retrieval", "datasets/__init__.py",
+                      "datasets/citations.py", "datasets/corpus", "datasets/leyes-ec/corpus")
+TRAINING_SUFFIXES = {".py", ".json", ".jsonl"}  # .jsonl: the law corpus Fuentes reads (datasets/leyes-ec/corpus)
 CHUNK_BYTES = 1 << 20
 EXIT_OK, EXIT_KEPT, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 DATA_FOLDERS = ("instruction-templates", "presets")  # files directly inside; adapters: loras/<name>/...

@@ -26,7 +26,9 @@ PACKAGE = "spanish_ft_ext"  # the one top-level name the extension adds to the w
 CHECK = Path(__file__).resolve().parent / "webui" / "ui_build_check.py"
 PYTHONS = [sys.executable] + [p for p in os.environ.get("SFT_EXTRA_GRADIO_PYTHONS", "").split(os.pathsep) if p]
 # The hooks' signatures in the webui's extensions/example/script.py (read from TGW_DIR when set).
-EXAMPLE_SIGNATURES = {"setup": [], "ui": [], "state_modifier": ["state"]}
+EXAMPLE_SIGNATURES = {"setup": [], "ui": [], "state_modifier": ["state"],
+                      "chat_input_modifier": ["text", "visible_text", "state"],
+                      "output_modifier": ["string", "state", "is_chat"]}
 
 
 def load_script():
@@ -60,8 +62,16 @@ def test_hooks_keep_the_webui_signatures_and_params_are_documented():
 
 
 def test_requirements_install_nothing_that_could_move_the_webui_pins():
+    """Only Fuentes' two search packages, whose own requirements are numpy unpinned (already in the webui):
+    the webui's "install extension requirements" adds them and upgrades nothing."""
+    from importlib.metadata import requires
+
     lines = (EXTENSION / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    assert [line for line in lines if line.strip() and not line.lstrip().startswith("#")] == []
+    packages = [line.split(">=")[0].strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert packages == ["bm25s", "PyStemmer"]
+    for package in packages:
+        needed = [r for r in requires(package) or [] if "extra ==" not in r]
+        assert needed in ([], ["numpy"]), (package, needed)
 
 
 def build(python: str, extension: Path, *options: str, cwd: Path | None = None, bundle: Path | None = ROOT) -> dict:
@@ -133,6 +143,24 @@ def installed_webui(tmp_path_factory) -> Path:
     (webui / "server.py").write_text("# webui\n", encoding="utf-8")
     subprocess.run([sys.executable, str(ROOT / "install.py"), "--webui", str(webui)], check=True, capture_output=True)
     return webui
+
+
+def test_the_installed_copy_gives_the_same_fuentes_as_training(installed_webui, tmp_path):
+    """Fuentes in the webui reads the corpus copied beside the extension and renders the user's turn
+    exactly as training does (retrieval needs bm25s and PyStemmer, extensions/spanish_ft/requirements.txt)."""
+    from training.retrieval.fuentes import grounded_turn
+    from training.retrieval.search import retrieve
+
+    question = "¿Cuántas horas dura la jornada máxima de trabajo?"
+    extension = installed_webui / "extensions" / "spanish_ft"
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from spanish_ft_ext.fuentes import ground; "
+            "import training; print(json.dumps([training.__file__, ground(sys.argv[2], 3).user]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"SPANISH_FT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code, str(extension), question], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    where, turn = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(where).is_relative_to(extension) and turn == grounded_turn(question, retrieve(question, 3))
 
 
 @pytest.mark.parametrize("where", ["extensions", "user_data/extensions"])

@@ -10,6 +10,8 @@ Start the webui with `--extensions spanish_ft`; the extension's tab has three pa
   model exported so gets its profile when loaded.
 - Comparar: one question answered by the base model and each adapter of its family.
 - Memoria: memory needed for inference and training, as `python -m training memory`.
+Fuentes (a switch above the three parts): the law articles for each question in the prompt, listed
+under the answer, citations checked (spanish_ft_ext/fuentes.py).
 
 Webui hooks only; the logic lives in the package `spanish_ft_ext` beside this file (its
 __init__ maps it). The webui loads this file as `extensions.spanish_ft.script` or, from
@@ -42,6 +44,10 @@ params = {
     "compare_seed": 42,
     "compare_max_new_tokens": 200,
     "compare_greedy": False,
+    # Fuentes: in instruct mode, with a spanish_ft leyes-ec or fusionado adapter active, each question
+    # gets the law articles retrieved for it in the prompt, as the adapter was trained; they are listed
+    # under the answer, and a citation of an article not given is marked "cita no verificada".
+    "fuentes": True,
     # Memoria: default sequence length (tokens), batch size and LoRA rank of the calculator.
     "memory_seq_len": 2048,
     "memory_batch": 1,
@@ -65,6 +71,21 @@ def state_modifier(state):
 
     startup.check_before_generation(state)
     return state
+
+
+def chat_input_modifier(text, visible_text, state):
+    """Fuentes: the law articles for the question go into the user's turn (UI and API chats alike);
+    the chat shows the question as typed."""
+    from spanish_ft_ext import chat
+
+    return chat.chat_input(params, text, visible_text, state)
+
+
+def output_modifier(string, state, is_chat=False):
+    """Fuentes: the articles given and any unverified citation, under the answer shown in the chat."""
+    from spanish_ft_ext import chat
+
+    return chat.output(string, is_chat)
 
 
 def ui():

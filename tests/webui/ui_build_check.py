@@ -2,7 +2,7 @@
 
 Only for the UI-construction check: the fake webui holds just the components the extension
 attaches listeners to (LoRA menu, model status, template, preset, mode, interface state)
-and `shared.args`. Runs the hooks as the webui does (setup, ui, state_modifier), runs a few
+and `shared.args`. Runs the hooks as the webui does (setup, ui, state_modifier, the chat hooks), runs a few
 listeners through gradio's own processing (EVENTS), and prints a JSON summary of the built
 page, of those events and of the modules loaded from the extension's folder, for
 tests/test_extension_ui.py:
@@ -142,6 +142,9 @@ def main() -> None:
             script.ui()
     state = {"mode": "instruct", "instruction_template_str": "x"}
     assert script.state_modifier(state) is state
+    question = "¿Cuántas horas dura la jornada máxima de trabajo?"  # no adapter of ours active: Fuentes stays out
+    assert script.chat_input_modifier(question, question, state) == (question, question)
+    assert script.output_modifier("Ocho horas.", state, is_chat=True) == "Ocho horas."
     page = summary(demo, shared)
     page["extension_modules"] = modules_from(extension, extension / "script.py")
     print(json.dumps(page))

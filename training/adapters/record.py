@@ -53,7 +53,9 @@ RECORD_SCHEMA = {"type": "object", "properties": {
     "libraries": _maybe("object", additionalProperties={"type": "string"}),
     "base_shape": _maybe("object", properties={"model_type": _TEXT, **dict.fromkeys(BASE_SHAPE_KEYS[1:],
                                                                                    _maybe("integer"))}),
-    "dataset": _maybe("object", properties={**_ROWS["properties"], "replay": _ROWS}),
+    "dataset": _maybe("object", properties={**_ROWS["properties"], "replay": _ROWS,
+                                            "retrieval": _maybe("object", properties={"k": _maybe("integer")})}),
+    "fuentes": _maybe("object", properties={"k": _maybe("integer")}),
     "config": _maybe("object", properties={**dict.fromkeys(("lora", "quantization", "training"), _maybe("object")),
                                            "dataset": _maybe("object", properties={"replay": _maybe("object")})}),
     "metrics": _maybe("object"),
@@ -135,6 +137,13 @@ class TrainingRecord:
     @property
     def metrics(self) -> dict:
         return self.data.get("metrics") or {}
+
+    @property
+    def fuentes_k(self) -> int | None:
+        """Articles per question the adapter learned to read in its prompt (Fuentes): a trained adapter's
+        dataset.retrieval.k, kept by the fused and merged ones as `fuentes`; None if it never saw any."""
+        value = (self.dataset.get("retrieval") or {}).get("k") or (self.data.get("fuentes") or {}).get("k")
+        return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8 else None
 
     @property
     def stacked_on(self) -> dict | None:
@@ -229,6 +238,9 @@ def fused_record(name: str, sources: list[tuple[TrainingRecord, dict]], weights:
         "error": {"relative_frobenius": overall, "per_module": errors},
         "metrics": {"fused_rank": rank, "relative_error": overall},
     }
+    ks = [r.fuentes_k for r in records if r.fuentes_k]
+    if ks:  # a source learned to read Fuentes: the fused adapter is used with them, as many as it read
+        fields["fuentes"] = {"k": max(ks)}
     return _stamped(fields)
 
 
@@ -238,6 +250,8 @@ def merged_record(name: str, adapter: TrainingRecord, base_model: str, adapter_e
     fields = _common_fields("merged", name, adapter.data.get("family"), base_model, adapter.base_revision,
                             adapter.template, adapter.preset)
     fields |= {"adapter": adapter_entry, "dtype": dtype, "dequantized_nf4": dequantized_nf4}
+    if adapter.fuentes_k:
+        fields["fuentes"] = {"k": adapter.fuentes_k}
     return _stamped(fields)
 
 

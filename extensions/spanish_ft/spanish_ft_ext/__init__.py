@@ -10,6 +10,9 @@ webui's Python (besides the `training` package that install.py copies beside it)
     memory.py       the memory table, from training.memory's estimator
     gguf.py         "Exportar a GGUF" (the export in a subprocess) and recognising an exported GGUF model
     startup.py      console checks at start-up and before each generation
+    fuentes.py      Fuentes: when it applies, the user's turn with the law articles (as training rendered it),
+                    the block under the answer with unverified citations marked
+    chat.py         Fuentes in the chat hooks (chat_input_modifier, output_modifier): the turn being answered
     ui.py           the extension's tab, made of:
       adapter_tab.py  "Adaptador": status, profile, guard, GGUF export (widgets and handlers)
       compare_tab.py  "Comparar": side-by-side answers, Markdown export

@@ -40,6 +40,7 @@ class AdapterInfo:
     base_model: str | None = None
     base_shape: dict = field(default_factory=dict)
     sources: tuple[str, ...] = ()  # names of the adapters a fused adapter was made from
+    fuentes_k: int | None = None  # articles per question it was trained with (dataset.retrieval.k), if any
 
 
 def read_adapter_info(path: Path) -> AdapterInfo:
@@ -61,6 +62,7 @@ def read_adapter_info(path: Path) -> AdapterInfo:
         base_model=record.base_model or config.get("base_model_name_or_path"),
         base_shape=record.base_shape or {},
         sources=tuple(Path(s.get("name") or s.get("path", "")).name for s in record.sources),
+        fuentes_k=record.fuentes_k,
     )
 
 

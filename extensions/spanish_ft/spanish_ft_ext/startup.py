@@ -17,7 +17,7 @@ from .profile import INSTRUCT_MODE, profile_summary
 TEMPLATE_MODES = (INSTRUCT_MODE, "chat-instruct")
 
 
-def _single_bundle_adapter():
+def single_bundle_adapter():
     """The info of the only active adapter when it is a spanish_ft one, else None."""
     active = webui.active_adapters()
     if len(active) != 1:
@@ -30,7 +30,7 @@ def check_at_startup(params: dict) -> None:
     webui.logger.info("spanish_ft: extensión cargada (pestaña «spanish_ft»). Elige un adaptador <familia>-fusionado "
                       "en Model → LoRA(s).")
     check_before_generation({})
-    info = _single_bundle_adapter()
+    info = single_bundle_adapter()
     if info is None or not params.get("auto_profile", True):
         return
     try:
@@ -49,7 +49,7 @@ def check_before_generation(state: dict) -> None:
         webui.logger.warning(f"spanish_ft: {decide_guard(active, webui.adapter_infos()).message} Desde la API: "
                              "POST /v1/internal/lora/unload y luego /v1/internal/lora/load con un solo adaptador.")
         return
-    info = _single_bundle_adapter()
+    info = single_bundle_adapter()
     config = webui.loaded_model_config()
     if info is None:
         return

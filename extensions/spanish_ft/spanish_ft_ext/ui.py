@@ -13,7 +13,14 @@ from .memory_tab import build_memory_tab
 
 
 def build_ui(params: dict) -> None:
-    """Adaptador (profile and multi-adapter guard), Comparar (side by side), Memoria (calculator)."""
+    """The Fuentes switch, then Adaptador (profile and multi-adapter guard), Comparar (side by side),
+    Memoria (calculator)."""
+    fuentes = gr.Checkbox(
+        value=bool(params.get("fuentes", True)), label="Fuentes: artículos de la ley en el prompt",
+        info="En modo instruct, con un adaptador leyes-ec o fusionado de spanish_ft: cada pregunta recibe los "
+             "artículos que la responden; se listan bajo la respuesta y se marca toda cita no verificada. "
+             "No es asesoría legal; los textos pueden no estar al día.")
+    fuentes.change(lambda value: params.update(fuentes=bool(value)), fuentes, None)
     with gr.Tab("Adaptador"):
         build_adapter_tab(params)
     with gr.Tab("Comparar"):
