@@ -129,6 +129,38 @@ def test_evaluate_scores_base_and_adapters_and_writes_the_report(tiny, tmp_path,
     assert paths[2].stat().st_size > 1000
 
 
+def test_retrieval_both_scores_each_variant_with_and_without_fuentes(tiny, tmp_path, repo_root):
+    """--retrieval both: `<v>` as before and `<v>+fuentes` on prompts whose user turn is the extension's
+    (training.retrieval.fuentes), the question shown as typed, grounding and recall scores added."""
+    from training.data.conversations import encode_row
+    from training.retrieval.fuentes import grounded_turn, sources_for
+
+    base_path, model, tokenizer, template = tiny
+    adapter = make_adapter(base_path, tmp_path / "a", 0, repo_root)
+    rows = [*ROWS, {"instruction": "¿Cuántas horas dura la jornada máxima de trabajo?", "input": "",
+                    "output": "Según el artículo 47 del Código del Trabajo, ocho horas diarias.",
+                    "fuente": {"norma": "Código del Trabajo", "articulo": "47"}}]
+    split = tmp_path / "leyes-ec" / "test.jsonl"
+    split.parent.mkdir()
+    split.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    results = evaluate(str(base_path), [adapter], [str(split)], max_new_tokens=4, retrieval="both", fuentes_k=2)
+    task = results["tasks"]["leyes-ec"]
+    assert results["variants"] == ["base", "base+fuentes", "a", "a+fuentes"] and results["fuentes_k"] == 2
+    assert task["questions"] == [row["instruction"] for row in rows]
+    plain = task["scores"]["base"]
+    grounded_rows = []
+    for row in rows:
+        hits, absent = sources_for(row["instruction"], 2)
+        grounded_rows.append(dict(row, instruction=grounded_turn(row["instruction"], hits, absent)))
+    expected = answer_loss(model, [encode_row(r, "alpaca", tokenizer, template) for r in grounded_rows])
+    assert task["scores"]["base+fuentes"]["answer_loss"] == pytest.approx(expected["answer_loss"], rel=1e-5)
+    assert task["scores"]["base+fuentes"]["answer_loss"] != pytest.approx(plain["answer_loss"], rel=1e-4)
+    assert task["scores"]["a+fuentes"]["retrieval_recall"] == 0.5  # art. 47 found; "el artículo 71" names no norm
+    assert "retrieval_recall" not in plain and set(task["answers"]) == set(results["variants"])
+    with pytest.raises(ValueError, match="retrieval='sometimes'"):
+        evaluate(str(base_path), [adapter], [str(split)], retrieval="sometimes")
+
+
 def test_active_variant_restores_adapters(tiny, tmp_path, repo_root):
     from peft import PeftModel
 

@@ -48,6 +48,8 @@ from training.model.load import choose_pad_token, cpu_has_native_bf16
 from training.templates import load_template
 
 BASE = "base"
+RETRIEVAL_MODES = ("off", "on", "both")
+FUENTES = "+fuentes"  # the suffix of a variant evaluated with Fuentes in --retrieval both
 SCORED_FORMATS = ("alpaca", "messages", "sharegpt")  # formats with a reference answer
 
 
@@ -60,6 +62,8 @@ class TaskData:
     sources: list[dict | None]  # the `fuente` of each row, if any
     encoded: list  # training.data.tokens.Encoded rows for the loss
     answer_chars: int = 0  # characters of every answer the loss scores: the per-character loss divides by it
+    hits: list | None = None  # with Fuentes: the articles each row's prompt holds (training.retrieval)
+    asked: list[str] | None = None  # each row's last question as the user typed it (without Fuentes)
 
 
 def add_arguments(parser) -> None:
@@ -83,6 +87,11 @@ def add_arguments(parser) -> None:
                         help="base weights on a GPU: 16 (bf16/fp16) or 4 (NF4, for a 7B on a 16 GB card); CPU: fp32")
     parser.add_argument("--samples", type=int, default=3, help="side-by-side sample answers per task")
     parser.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (runs pickle)")
+    parser.add_argument("--retrieval", choices=RETRIEVAL_MODES, default="off",
+                        help="Fuentes: the law articles retrieved for each question in its prompt, as the webui "
+                             "extension puts them (on), not (off, default), or each variant both ways (both: "
+                             "<name> and <name>+fuentes); scores add `grounded` and the retrieval's recall")
+    parser.add_argument("--fuentes-k", type=int, default=3, help="articles per question with --retrieval (default 3)")
 
 
 def positive_rows(text: str) -> int:
@@ -97,7 +106,8 @@ def run(args) -> int:
     check_output(args.report, replace=args.replace, what=REPORT, inputs=inputs)
     results = evaluate(args.base, args.adapters, args.data, template=args.template,
                        max_new_tokens=args.max_new_tokens, limit=args.limit, allow_pickle=args.allow_pickle,
-                       data_format=args.format, answer_rows=args.answer_rows, bits=args.bits)
+                       data_format=args.format, answer_rows=args.answer_rows, bits=args.bits,
+                       retrieval=args.retrieval, fuentes_k=args.fuentes_k)
     paths = write_report(results, args.report, samples=args.samples, replace=args.replace)
     print(f"report written: {', '.join(str(p) for p in paths)}")
     return 0
@@ -130,10 +140,15 @@ def shown_path(path: str) -> str:
         return path
 
 
-def load_task(path: str, tokenizer, template, limit: int | None, data_format: str = "alpaca") -> TaskData:
-    """Every row of one held-out split; DataError listing each bad row with its file and line."""
+def load_task(path: str, tokenizer, template, limit: int | None, data_format: str = "alpaca",
+              fuentes_k: int | None = None) -> TaskData:
+    """Every row of one held-out split; DataError listing each bad row with its file and line.
+
+    With `fuentes_k`, each row's last user turn carries the articles retrieved for it (as the
+    extension's Fuentes builds it: no gold article put in), and `hits` keeps them per row.
+    """
     source = read_source(path)
-    questions, references, sources, encoded, problems = [], [], [], [], []
+    questions, references, sources, encoded, problems, hits, asked = [], [], [], [], [], [], []
     answer_chars = 0
     for where, row in source.rows[:limit]:
         try:
@@ -142,7 +157,14 @@ def load_task(path: str, tokenizer, template, limit: int | None, data_format: st
             conversation = to_conversation(row, data_format)
             if conversation[-1]["role"] != "assistant":
                 raise RowError("the last turn must be the assistant's answer (the reference to score against)")
-            encoded.append(encode_row(row, data_format, tokenizer, template))
+            found = None
+            typed = conversation[-2]["content"] if len(conversation) > 1 else ""
+            if fuentes_k is not None:
+                conversation, found = with_fuentes(conversation, fuentes_k)
+            encoded.append(encode_row(row, data_format, tokenizer, template,
+                                      None if found is None else lambda _row, _turns, done=conversation: done))
+            hits.append(found)
+            asked.append(typed)
         except RowError as err:
             problems.append(f"{path}, {where}: {err}")
             continue
@@ -153,7 +175,20 @@ def load_task(path: str, tokenizer, template, limit: int | None, data_format: st
     if problems:
         raise DataError(list_problems(path, problems) + "\nfix these rows: evaluation scores every row")
     name = Path(path).parent.name or Path(path).stem
-    return TaskData(name, path, questions, references, sources, encoded, answer_chars)
+    return TaskData(name, path, questions, references, sources, encoded, answer_chars,
+                    hits if fuentes_k is not None else None, asked)
+
+
+def with_fuentes(conversation: list[dict], k: int) -> tuple[list[dict], list]:
+    """The conversation with its last user turn as the extension's Fuentes builds it, and its articles."""
+    from training.retrieval.fuentes import grounded_turn, sources_for
+
+    ask = max(i for i, turn in enumerate(conversation) if turn["role"] == "user")
+    question = conversation[ask]["content"]
+    found, absent = sources_for(question, k)
+    grounded = [dict(turn) for turn in conversation]
+    grounded[ask]["content"] = grounded_turn(question, found, absent)
+    return grounded, found
 
 
 def names_its_article(question: str, fuente: dict) -> bool:
@@ -168,17 +203,35 @@ def citation_scores(texts: list[str], task: TaskData) -> dict:
     recall the article from the topic alone."""
     scores = {}
     groups = {"citation_accuracy": [], "citation_accuracy_named": [], "citation_accuracy_recall": []}
-    for text, source, question in zip(texts, task.sources, task.questions, strict=True):
+    asked = task.asked or [question[-1]["content"] for question in task.questions]
+    for text, source, question in zip(texts, task.sources, asked, strict=True):
         if not source:
             continue
         hit = cites(text, source)
         groups["citation_accuracy"].append(hit)
-        named = names_its_article(question[-1]["content"], source)
+        named = names_its_article(question, source)
         groups["citation_accuracy_named" if named else "citation_accuracy_recall"].append(hit)
     for key, hits in groups.items():
         if hits:
             scores[key] = sum(hits) / len(hits)
             scores[key.replace("accuracy", "rows")] = len(hits)
+    return scores
+
+
+def grounding_scores(texts: list[str], task: TaskData) -> dict:
+    """With Fuentes: `grounded`, the share of answers that cite an article whose citations all name an
+    article of their prompt, and `retrieval_recall`, the share of rows with a `fuente` whose prompt held it."""
+    from training.retrieval.fuentes import citation_check
+
+    checks = [citation_check(text, hits) for text, hits in zip(texts, task.hits, strict=True)]
+    citing = [check for check in checks if check.verified or check.unverified]
+    scores = {"citing_answers": len(citing)}
+    if citing:
+        scores["grounded"] = sum(not check.unverified for check in citing) / len(citing)
+    held = [any(cites(f"artículo {h.articulo} de {h.norma}", source) for h in hits)
+            for source, hits in zip(task.sources, task.hits, strict=True) if source]
+    if held:
+        scores["retrieval_recall"] = sum(held) / len(held)
     return scores
 
 
@@ -231,28 +284,43 @@ def answered_rows(total: int, wanted: int | None) -> list[int]:
 def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | None = None,
              max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False,
              data_format: str = "alpaca", answer_rows: int | None = None, bits: int = 16,
-             bf16_loss: bool = False) -> dict:
+             bf16_loss: bool = False, retrieval: str = "off", fuentes_k: int = 3) -> dict:
     """Scores of every variant on every task, plus the answers, as one JSON-able dict.
 
     Losses cover every row (of the first `limit`); answers (chrF, citations, seconds per answer)
     the rows `answered_rows` picks when `answer_rows` is given. `bf16_loss`: the loss pass under
     bfloat16 autocast on a CPU that multiplies bf16 natively (the demo's choice; see loss_dtype).
+    `retrieval` (off, on, both): the prompts with Fuentes (`fuentes_k` articles), without, or each
+    variant both ways, the Fuentes one named `<variant>+fuentes`.
     """
+    if retrieval not in RETRIEVAL_MODES:
+        raise ValueError(f"retrieval={retrieval!r}: allowed values are {', '.join(RETRIEVAL_MODES)}")
+    if isinstance(fuentes_k, bool) or not isinstance(fuentes_k, int) or not 1 <= fuentes_k <= 8:
+        raise ValueError(f"--fuentes-k {fuentes_k!r}: a whole number from 1 to 8")
     opened = [open_adapter(adapter, allow_pickle) for adapter in adapters]  # the door before anything loads
     template_obj = load_template(adapter_template(adapters, template))
     # the data before the model: a bad row is reported in seconds, not after loading 7B weights
     tokenizer = load_base_tokenizer(base)
-    tasks = [load_task(path, tokenizer, template_obj, limit, data_format) for path in data]
+    ways = {"off": [None], "on": [fuentes_k], "both": [None, fuentes_k]}[retrieval]
+    tasks = [[load_task(path, tokenizer, template_obj, limit, data_format, k) for k in ways] for path in data]
     model, names = load_model(base, opened, bits)
+    suffix = {None: "", fuentes_k: FUENTES if retrieval == "both" else ""}
     results = {"base_model": base, "template": template_obj.name, "template_sha256": template_obj.sha256,
-               "variants": [BASE, *names], "presets": adapter_presets(adapters), "hardware": describe_machine(),
+               "variants": [f"{v}{suffix[k]}" for v in [BASE, *names] for k in ways],
+               "retrieval": retrieval, "fuentes_k": fuentes_k if retrieval != "off" else None,
+               "presets": adapter_presets(adapters), "hardware": describe_machine(),
                "base_weights": "nf4" if bits == 4 and torch.cuda.is_available() else str(
                    next(model.parameters()).dtype).removeprefix("torch."), "loss_dtype": loss_dtype(model, bf16_loss),
                "max_new_tokens": max_new_tokens, "answer_rows": answer_rows, "limit": limit, "tasks": {}}
-    for task in tasks:
-        picked = answered_rows(len(task.references), answer_rows)
-        results["tasks"][task.name] = evaluate_task(model, tokenizer, template_obj, task, [BASE, *names],
-                                                    max_new_tokens, picked, bf16_loss)
+    for versions in tasks:
+        picked = answered_rows(len(versions[0].references), answer_rows)
+        entries = [evaluate_task(model, tokenizer, template_obj, task, [BASE, *names], max_new_tokens, picked,
+                                 bf16_loss) for task in versions]
+        entry = entries[0]
+        for other, k in zip(entries[1:], ways[1:], strict=True):
+            for key in ("scores", "answers"):
+                entry[key] |= {f"{variant}{suffix[k]}": value for variant, value in other[key].items()}
+        results["tasks"][versions[0].name] = entry
     return results
 
 
@@ -263,10 +331,14 @@ def evaluate_task(model, tokenizer, template, task: TaskData, variants: list[str
                   picked: list[int], bf16_loss: bool = False) -> dict:
     """One split: the loss of every variant on every row, and answers on the `picked` rows."""
     answered = replace(task, questions=[task.questions[i] for i in picked],
-                       references=[task.references[i] for i in picked], sources=[task.sources[i] for i in picked])
+                       references=[task.references[i] for i in picked], sources=[task.sources[i] for i in picked],
+                       hits=task.hits and [task.hits[i] for i in picked],
+                       asked=task.asked and [task.asked[i] for i in picked])
     entry = {"path": shown_path(task.path), "data_sha256": sha256_file(task.path), "rows": len(task.references),
              "answered_rows": picked, "references": answered.references,
-             "questions": [q[-1]["content"] for q in answered.questions], "scores": {}, "answers": {}}
+             "questions": [task.asked[i] for i in picked] if task.asked else [q[-1]["content"]
+                                                                              for q in answered.questions],
+             "scores": {}, "answers": {}}
     with tqdm(total=len(variants) * len(task.encoded), desc=f"loss {task.name}", unit="row") as progress:
         for variant in variants:
             with active_variant(model, None if variant == BASE else variant), loss_autocast(model, bf16_loss):
@@ -283,6 +355,8 @@ def evaluate_task(model, tokenizer, template, task: TaskData, variants: list[str
             scores = entry["scores"][variant]
             scores["chrf"] = sacrebleu.corpus_chrf(texts, [answered.references]).score
             scores.update(citation_scores(texts, answered))
+            if answered.hits is not None:
+                scores.update(grounding_scores(texts, answered))
             scores["seconds_per_answer"] = sum(a.seconds for a in answers) / max(1, len(answers))
             entry["answers"][variant] = texts
     return entry

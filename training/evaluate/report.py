@@ -22,6 +22,7 @@ METRICS = [("answer_loss", "answer loss ↓", "{:.3f}"), ("answer_loss_per_char"
            ("chrf", "chrF ↑", "{:.1f}"), ("citation_accuracy", "citations ↑", "{:.0%}"),
            ("citation_accuracy_named", "citations, article named ↑", "{:.0%}"),
            ("citation_accuracy_recall", "citations, article recalled ↑", "{:.0%}"),
+           ("grounded", "grounded ↑", "{:.0%}"), ("retrieval_recall", "gold in prompt", "{:.0%}"),
            ("seconds_per_answer", "s/answer", "{:.2f}")]
 
 _TEXT = {"type": ["string", "null"]}
