@@ -133,7 +133,8 @@ def explain_os_error(err: BaseException, operation: str, path: str | Path | None
 def _failure(err: BaseException) -> tuple[int, str | None] | None:
     """(errno or SHORT_WRITE, the file named or None) of a file system failure; None for any other error."""
     if isinstance(err, OSError) and err.errno is not None and (err.filename or err.errno in OS_ERROR_CAUSES):
-        return err.errno, err.filename  # (a network error, say, names no file and is none of these causes)
+        named = err.filename if err.filename is None else os.fsdecode(err.filename)  # bytes from some libraries
+        return err.errno, named  # (a network error, say, names no file and is none of these causes)
     text = str(err)
     if isinstance(err, OSError) and re.search(r"\d+ requested and \d+ written", text):
         return SHORT_WRITE, None

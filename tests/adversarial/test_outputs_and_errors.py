@@ -323,6 +323,16 @@ def test_the_error_formatter_explains_each_cause():
     assert user_message(RuntimeError("Symlink loop from '/x/a'")).startswith("cannot use /x/a: ")
     assert user_message(FileNotFoundError("dataset file x.jsonl not found")) == "dataset file x.jsonl not found"
     assert user_message(KeyError("a bug")) is None and user_message(RuntimeError("another bug")) is None
+    # a library that names the file in bytes (tensorboard's event writer) is named all the same
+    assert "/run/events.out" in user_message(FileNotFoundError(2, "No such file or directory", b"/run/events.out"))
+
+
+def test_a_failure_naming_a_file_in_bytes_inside_an_output_is_that_outputs(tmp_path):
+    from training.files import WriteError, writing
+
+    with pytest.raises(WriteError) as caught, writing(tmp_path / "salida", "adapter folder"):
+        raise FileNotFoundError(2, "No such file or directory", os.fsencode(tmp_path / "salida" / "runs" / "ev"))
+    assert "salida" in str(caught.value)
 
 
 def test_a_bug_is_named_as_one(monkeypatch, capsys):
