@@ -7,7 +7,7 @@
    the corpus lacks, the user's turn rendered) per held-out question (leyes-ec and instrucciones-es),
    index already loaded; median, p95 and max against the 150 ms budget, beside retrieval alone.
 2. With --base/--adapter: the 10 held-out questions the corpus cannot answer
-   (training/datasets/heldout/leyes-sin-fuente.jsonl), answered greedily with Fuentes through the
+   (bench/heldout/leyes-sin-fuente.jsonl), answered greedily with Fuentes through the
    adapter's template: an answer passes when it cites no article and says the sources or the text do
    not settle it. Target: 8 of 10.
 The last line is one JSON object.
@@ -76,7 +76,7 @@ def unanswerable(base: str, adapter: str, max_new_tokens: int) -> dict:
     template = load_template(adapter_template([Path(adapter)], None))
     tokenizer = load_base_tokenizer(base)
     model = load_peft_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), folder, "a").eval()
-    asked = questions(DATA / "heldout" / "leyes-sin-fuente.jsonl")
+    asked = questions(ROOT / "bench" / "heldout" / "leyes-sin-fuente.jsonl")
     conversations = [[{"role": "user", "content": ground(q, K).user}] for q in asked]
     answers = [a.text for a in generate_answers(model, tokenizer, template, conversations, max_new_tokens)]
     rows = [{"question": q, "answer": a, "cites": [list(c) for c in find_citations(a)],
