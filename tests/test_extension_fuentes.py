@@ -75,19 +75,37 @@ def test_the_block_escapes_the_law_text():
 
 @pytest.fixture
 def chat(monkeypatch):
-    """spanish_ft_ext.chat over a stand-in `modules.shared` (the webui's), with a chosen active adapter."""
+    """spanish_ft_ext.chat over a stand-in `modules.shared` (the webui's), with a chosen active adapter.
+
+    Every extension module imported here is bound to the stand-in: all are dropped afterwards and
+    the ones loaded before are put back, so later tests import them afresh."""
+    before = {name: module for name, module in sys.modules.items()
+              if name.startswith(("spanish_ft_ext.", "modules")) or name == "modules"}
     shared = types.SimpleNamespace(args=types.SimpleNamespace(lora_dir="loras", multi_user=False), model=None,
                                    lora_names=[], model_name="None", gradio={}, input_elements=[])
     modules = types.ModuleType("modules")
     modules.shared = shared
-    monkeypatch.setitem(sys.modules, "modules", modules)
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
-    for name in ("spanish_ft_ext.chat", "spanish_ft_ext.startup", "spanish_ft_ext.webui"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    from spanish_ft_ext import chat
+    for name in before:
+        del sys.modules[name]
+    sys.modules["modules"], sys.modules["modules.shared"] = modules, shared
+    try:
+        from spanish_ft_ext import chat
 
-    monkeypatch.setattr(chat, "single_bundle_adapter", lambda: info("fusionado", 3))
-    return chat
+        monkeypatch.setattr(chat, "single_bundle_adapter", lambda: info("fusionado", 3))
+        yield chat
+    finally:
+        added = [n for n in sys.modules if n.startswith(("spanish_ft_ext.", "modules")) or n == "modules"]
+        for name in added:
+            del sys.modules[name]
+        sys.modules.update(before)
+        package = sys.modules.get("spanish_ft_ext")
+        for name in added:  # `from . import webui` reads the package's attribute before sys.modules
+            if package is not None and name.startswith("spanish_ft_ext."):
+                short = name.rpartition(".")[2]
+                if name in before:
+                    setattr(package, short, before[name])
+                elif hasattr(package, short):
+                    delattr(package, short)
 
 
 def test_the_chat_hooks_ground_the_turn_and_show_its_sources(chat):
