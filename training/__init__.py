@@ -21,7 +21,8 @@ The map, bottom layer first (an import never runs up this list; tests/test_layer
     model/         4-bit base model + LoRA, frozen embeddings, stacking on a frozen adapter, LoRA dropout
                    drawn once per input, NF4 layers in the autocast dtype, gradient checkpointing `auto`
     retrieval/     the article search behind "Fuentes" over datasets/' law corpus, one function for the trainer
-                   and the extension; the index cached by corpus sha256 (the `retrieve` command)
+                   and the extension; the index cached by corpus sha256 (the `retrieve` command); fuentes:
+                   the articles in the user's turn (training, evaluation and the chat), RAFT rows, citation check
     trainer/       TRL's SFTTrainer configured in one place, progress, Ctrl-C -> checkpoint, resume only with the
                    recipe the checkpoint recorded, the folders a run
                    claims (locked) and leaves
