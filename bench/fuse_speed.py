@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.adapters.fuse import fuse_adapters  # noqa: E402
+from training.adapters.fuse import FuseSettings, fuse_adapters  # noqa: E402
 
 HIDDEN, INTERMEDIATE, RANK = 4096, 11008, 16
 SHAPES = {  # module: (d_in, d_out)
@@ -120,8 +120,9 @@ def main() -> int:
     sources = [adapter_tensors(layers, seed) for seed in (1, 2)]
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [write_adapter(Path(tmp) / name, tensors) for name, tensors in zip("ab", sources, strict=True)]
-        cat_s, cat = timed(lambda: fuse_adapters(dirs, Path(tmp) / "cat"))
-        svd_s, svd = timed(lambda: fuse_adapters(dirs, Path(tmp) / "svd", method="svd", rank=RANK))
+        cat_s, cat = timed(lambda: fuse_adapters(FuseSettings(adapters=dirs, out=Path(tmp) / "cat")))
+        svd_s, svd = timed(lambda: fuse_adapters(FuseSettings(adapters=dirs, out=Path(tmp) / "svd", method="svd",
+                                                              rank=RANK)))
     print(f"ours  cat: {cat_s:.2f} s (r={cat.rank}); svd --rank {RANK}: {svd_s:.2f} s (error {svd.overall_error:.3f})")
     sample = min(layers, 4)  # the baselines are slow: measured on a sample, scaled to all layers
     naive_s = timed(lambda: naive_deltas(sources, sample))[0] * layers / sample

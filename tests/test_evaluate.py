@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.adapters.record import RECORD_NAME
 from training.data.tokens import webui_encode
-from training.evaluate.compare import adapter_template, evaluate
+from training.evaluate.compare import EvaluateSettings, adapter_template, evaluate
 from training.evaluate.generate import active_variant, answer_loss, generate_answers
 from training.evaluate.report import write_report
 from training.model.load import choose_pad_token
@@ -107,7 +107,7 @@ def test_evaluate_scores_base_and_adapters_and_writes_the_report(tiny, tmp_path,
     split = tmp_path / "leyes-ec" / "test.jsonl"
     split.parent.mkdir()
     split.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
-    results = evaluate(str(base_path), adapters, [str(split)], max_new_tokens=4)
+    results = evaluate(EvaluateSettings(base=str(base_path), adapters=adapters, data=[str(split)], max_new_tokens=4))
     task = results["tasks"]["leyes-ec"]
     assert results["variants"] == ["base", "a", "b"]
     from training.data.conversations import encode_row
@@ -143,7 +143,8 @@ def test_retrieval_both_scores_each_variant_with_and_without_fuentes(tiny, tmp_p
     split = tmp_path / "leyes-ec" / "test.jsonl"
     split.parent.mkdir()
     split.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    results = evaluate(str(base_path), [adapter], [str(split)], max_new_tokens=4, retrieval="both", fuentes_k=2)
+    results = evaluate(EvaluateSettings(base=str(base_path), adapters=[adapter], data=[str(split)], max_new_tokens=4,
+                                        retrieval="both", fuentes_k=2))
     task = results["tasks"]["leyes-ec"]
     assert results["variants"] == ["base", "base+fuentes", "a", "a+fuentes"] and results["fuentes_k"] == 2
     assert task["questions"] == [row["instruction"] for row in rows]
@@ -158,7 +159,7 @@ def test_retrieval_both_scores_each_variant_with_and_without_fuentes(tiny, tmp_p
     assert task["scores"]["a+fuentes"]["retrieval_recall"] == 0.5  # art. 47 found; "el artículo 71" names no norm
     assert "retrieval_recall" not in plain and set(task["answers"]) == set(results["variants"])
     with pytest.raises(ValueError, match="retrieval='sometimes'"):
-        evaluate(str(base_path), [adapter], [str(split)], retrieval="sometimes")
+        evaluate(EvaluateSettings(base=str(base_path), adapters=[adapter], data=[str(split)], retrieval="sometimes"))
 
 
 def test_active_variant_restores_adapters(tiny, tmp_path, repo_root):

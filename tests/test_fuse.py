@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from training.__main__ import main
-from training.adapters.fuse import fuse_adapters
+from training.adapters.fuse import FuseSettings, fuse_adapters
 from training.families import FAMILIES
 
 FAMILY_NAMES = tuple(FAMILIES)
@@ -145,7 +145,7 @@ def adapters(tiny_model_dirs, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_cat_of_different_ranks_equals_both_adapters_active(family, tiny_model_dirs, adapters, tmp_path):
     base, a, b = tiny_model_dirs[family], adapters[family]["a"], adapters[family]["b"]
-    result = fuse_adapters([a, b], tmp_path / "fused", weights=[0.7, -0.4])
+    result = fuse_adapters(FuseSettings(adapters=[a, b], out=tmp_path / "fused", weights=[0.7, -0.4]))
     expected = logits_all_active(base, family, [(a, 0.7), (b, -0.4)])
     model = fused_model(base, family, result.out_dir)
     assert relative_error(logits_of(model), expected) < 1e-5
@@ -160,7 +160,7 @@ def test_cat_of_different_ranks_equals_both_adapters_active(family, tiny_model_d
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_cat_of_different_target_modules_keeps_each_delta(family, tiny_model_dirs, adapters, tmp_path):
     base, few, b = tiny_model_dirs[family], adapters[family]["few"], adapters[family]["b"]
-    result = fuse_adapters([few, b], tmp_path / "fused")
+    result = fuse_adapters(FuseSettings(adapters=[few, b], out=tmp_path / "fused"))
     expected = logits_all_active(base, family, [(few, 1.0), (b, 1.0)])
     model = fused_model(base, family, result.out_dir)
     assert relative_error(logits_of(model), expected) < 1e-5
@@ -174,7 +174,7 @@ def test_cat_of_different_target_modules_keeps_each_delta(family, tiny_model_dir
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_cat_on_nf4_base_equals_both_adapters_active(family, tiny_model_dirs, adapters, tmp_path):
     base, a, few = tiny_model_dirs[family], adapters[family]["a"], adapters[family]["few"]
-    result = fuse_adapters([a, few], tmp_path / "fused", weights=[1.0, 0.5])
+    result = fuse_adapters(FuseSettings(adapters=[a, few], out=tmp_path / "fused", weights=[1.0, 0.5]))
     expected = logits_all_active(base, family, [(a, 1.0), (few, 0.5)], nf4=True)
     assert relative_error(logits_of(fused_model(base, family, result.out_dir, nf4=True)), expected) < 1e-5
 
@@ -206,22 +206,22 @@ def assert_deltas_close(got: dict, expected: dict, tolerance: float = 1e-5) -> N
 def test_weights(weights, reference, tiny_model_dirs, adapters, tmp_path):
     base, a, b = tiny_model_dirs["llama2"], adapters["llama2"]["a"], adapters["llama2"]["b"]
     second = a if weights != (1.0, 0.0) else b  # 1/0 fuses a with a different adapter that must vanish
-    fused = fuse_adapters([a, second], tmp_path / "fused", weights=list(weights)).out_dir
+    fused = fuse_adapters(FuseSettings(adapters=[a, second], out=tmp_path / "fused", weights=list(weights))).out_dir
     assert_deltas_close(merged_deltas(base, "llama2", fused), merged_deltas(base, "llama2", a, reference[1]))
 
 
 def test_svd_at_full_rank_reproduces_cat(tiny_model_dirs, adapters, tmp_path):
     base, a, b = tiny_model_dirs["mistral"], adapters["mistral"]["a"], adapters["mistral"]["b"]
-    cat = fuse_adapters([a, b], tmp_path / "cat", weights=[1.0, 0.6])
-    svd = fuse_adapters([a, b], tmp_path / "svd", weights=[1.0, 0.6], method="svd", rank=12)
+    cat = fuse_adapters(FuseSettings(adapters=[a, b], out=tmp_path / "cat", weights=[1.0, 0.6]))
+    svd = fuse_adapters(FuseSettings(adapters=[a, b], out=tmp_path / "svd", weights=[1.0, 0.6], method="svd", rank=12))
     assert svd.rank == 12 and svd.overall_error < 1e-6
     assert_deltas_close(merged_deltas(base, "mistral", svd.out_dir), merged_deltas(base, "mistral", cat.out_dir), 1e-5)
 
 
 def test_svd_at_low_rank_reports_the_measured_error(tiny_model_dirs, adapters, tmp_path):
     base, a, b = tiny_model_dirs["falcon"], adapters["falcon"]["a"], adapters["falcon"]["b"]
-    exact = merged_deltas(base, "falcon", fuse_adapters([a, b], tmp_path / "cat").out_dir)
-    result = fuse_adapters([a, b], tmp_path / "svd", method="svd", rank=3)
+    exact = merged_deltas(base, "falcon", fuse_adapters(FuseSettings(adapters=[a, b], out=tmp_path / "cat")).out_dir)
+    result = fuse_adapters(FuseSettings(adapters=[a, b], out=tmp_path / "svd", method="svd", rank=3))
     approx = merged_deltas(base, "falcon", result.out_dir)
     measured = {name.removeprefix("base_model.model."): relative_error(approx[name], exact[name]) for name in exact}
     assert result.module_errors.keys() == measured.keys()
@@ -236,7 +236,8 @@ def test_svd_at_low_rank_reports_the_measured_error(tiny_model_dirs, adapters, t
 
 def test_record_card_and_template_inheritance(adapters, tiny_model_dirs, repo_root, tmp_path):
     a, few = adapters["llama2"]["a"], adapters["llama2"]["few"]
-    result = fuse_adapters([a, few], tmp_path / "out", weights=[1.0, 2.0], name="llama2-fusionado")
+    result = fuse_adapters(FuseSettings(adapters=[a, few], out=tmp_path / "out", weights=[1.0, 2.0],
+                                        name="llama2-fusionado"))
     record = json.loads((result.out_dir / "spanish_ft_record.json").read_text())
     assert record["kind"] == "fused" and record["name"] == "llama2-fusionado" and record["family"] == "llama2"
     assert record["template"]["sha256"] == "1" * 64 and record["preset"] == "P"
@@ -266,10 +267,11 @@ def test_different_templates_are_refused_unless_one_is_given(adapters, repo_root
     a = adapters["llama2"]["a"]
     other = with_record(a, tmp_path / "other", template={"name": "U", "sha256": "2" * 64})
     with pytest.raises(ValueError, match=r"different instruction templates.*--template"):
-        fuse_adapters([a, other], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[a, other], out=tmp_path / "out"))
     template = repo_root / "instruction-templates" / "spanish_ft-Llama-2-chat.yaml"
     record = json.loads(
-        (fuse_adapters([a, other], tmp_path / "out", template=template).out_dir / "spanish_ft_record.json").read_text()
+        (fuse_adapters(FuseSettings(adapters=[a, other], out=tmp_path / "out",
+                                    template=template)).out_dir / "spanish_ft_record.json").read_text()
     )
     assert record["template"]["file"] == template.name
     assert record["template"]["sha256"] == __import__("hashlib").sha256(template.read_bytes()).hexdigest()
@@ -304,7 +306,7 @@ def edited(src: Path, dst: Path, **config_changes) -> Path:
 def test_unfusable_configs_are_refused_naming_folder_and_field(change, message, adapters, tmp_path):
     bad = edited(adapters["llama2"]["few"], tmp_path / "bad", **change)
     with pytest.raises(ValueError, match=message) as error:
-        fuse_adapters([adapters["llama2"]["a"], bad], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[adapters["llama2"]["a"], bad], out=tmp_path / "out"))
     assert str(bad) in str(error.value)
     assert not (tmp_path / "out").exists()
 
@@ -312,21 +314,21 @@ def test_unfusable_configs_are_refused_naming_folder_and_field(change, message, 
 @pytest.mark.parametrize("init", [False, "gaussian", "orthogonal", "eva"])
 def test_inits_that_keep_the_plain_forward_are_accepted(init, adapters, tmp_path):
     fine = edited(adapters["llama2"]["few"], tmp_path / "fine", init_lora_weights=init)
-    assert fuse_adapters([adapters["llama2"]["a"], fine], tmp_path / "out").rank == 4
+    assert fuse_adapters(FuseSettings(adapters=[adapters["llama2"]["a"], fine], out=tmp_path / "out")).rank == 4
 
 
 def test_different_bases_and_families_are_refused(adapters, tmp_path):
     a = adapters["llama2"]["a"]
     other_base = with_record(a, tmp_path / "other-base", base_model={"name_or_path": "meta-llama/Llama-2-7b-hf"})
     with pytest.raises(ValueError, match=r"differ in base model.*meta-llama/Llama-2-7b-hf.*base_model.name_or_path"):
-        fuse_adapters([a, other_base], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[a, other_base], out=tmp_path / "out"))
     other_family = with_record(a, tmp_path / "other-family", family="mistral")
     with pytest.raises(ValueError, match=r"differ in model family.*'mistral'"):
-        fuse_adapters([a, other_family], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[a, other_family], out=tmp_path / "out"))
     # an adapter from another tool: no record, the base comes from adapter_config.json
     no_record = edited(adapters["llama2"]["few"], tmp_path / "no-record", base_model_name_or_path="tiiuae/falcon-7b")
     with pytest.raises(ValueError, match=r"'tiiuae/falcon-7b' \(adapter_config.json base_model_name_or_path\)"):
-        fuse_adapters([a, no_record], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[a, no_record], out=tmp_path / "out"))
 
 
 def test_mismatched_shapes_are_refused(adapters, tmp_path):
@@ -340,13 +342,13 @@ def test_mismatched_shapes_are_refused(adapters, tmp_path):
     with pytest.raises(
         ValueError, match=r"d_out x d_in 64x128 in .*wider but a linear layer of 64x64 in .*different models"
     ):
-        fuse_adapters([adapters["llama2"]["b"], wider], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[adapters["llama2"]["b"], wider], out=tmp_path / "out"))
 
 
 def test_rank_in_weights_must_match_config(adapters, tmp_path):
     wrong = edited(adapters["llama2"]["few"], tmp_path / "wrong", r=3)
     with pytest.raises(ValueError, match=r"rank 2 in its weights but r=3"):
-        fuse_adapters([wrong], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[wrong], out=tmp_path / "out"))
 
 
 def test_pickle_weights_need_allow_pickle(adapters, tmp_path):
@@ -355,8 +357,9 @@ def test_pickle_weights_need_allow_pickle(adapters, tmp_path):
     torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
     (pickled / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"adapter_model.bin: pickle .*--allow-pickle"):
-        fuse_adapters([adapters["llama2"]["a"], pickled], tmp_path / "out")
-    assert fuse_adapters([adapters["llama2"]["a"], pickled], tmp_path / "out", allow_pickle=True).rank == 4
+        fuse_adapters(FuseSettings(adapters=[adapters["llama2"]["a"], pickled], out=tmp_path / "out"))
+    assert fuse_adapters(FuseSettings(adapters=[adapters["llama2"]["a"], pickled], out=tmp_path / "out",
+                                      allow_pickle=True)).rank == 4
 
 
 def test_extra_tensors_are_refused(adapters, tmp_path):
@@ -366,7 +369,7 @@ def test_extra_tensors_are_refused(adapters, tmp_path):
     tensors["base_model.model.model.embed_tokens.weight"] = torch.zeros(3, 3)
     save_file(tensors, extra / "adapter_model.safetensors")
     with pytest.raises(ValueError, match=r"embed_tokens.weight' is not a LoRA A/B matrix"):
-        fuse_adapters([extra], tmp_path / "out")
+        fuse_adapters(FuseSettings(adapters=[extra], out=tmp_path / "out"))
 
 
 def test_cli_fuses_and_reports_errors(adapters, tmp_path, capsys):
@@ -418,7 +421,7 @@ print(__version__, float((logits([(fused, 1.0)]) - reference).norm() / reference
 def test_fused_adapter_loads_in_current_peft(family, tiny_model_dirs, adapters, tmp_path):
     """Loaded by another PEFT (e.g. 0.21), the fused adapter equals its sources loaded by that PEFT."""
     few, b = adapters[family]["few"], adapters[family]["b"]
-    fused = fuse_adapters([few, b], tmp_path / "fused", weights=[1.0, 0.3]).out_dir
+    fused = fuse_adapters(FuseSettings(adapters=[few, b], out=tmp_path / "fused", weights=[1.0, 0.3])).out_dir
     command = [
         os.environ["SPANISH_FT_LATEST_PYTHON"],
         "-c",

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.__main__ import main
 from training.adapters.gguf import export
-from training.adapters.gguf.export import export_gguf
+from training.adapters.gguf.export import ExportSettings, export_gguf
 from training.adapters.gguf.record import METADATA_KEYS, NOTICE_KEY, read_gguf_record, record_path
 from training.families import FAMILIES, GEMMA_TERMS_URL, notice_of
 from training.files import sha256_file
@@ -69,7 +69,8 @@ def adapter_of(tiny_model_dirs, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def exported(adapter_of, tmp_path_factory) -> dict[tuple[str, str], Path]:
     folder = tmp_path_factory.mktemp("gguf-files")
-    return {(family, kind): export_gguf(adapter, folder / f"{family}-{kind}.gguf", kind)
+    return {(family, kind): export_gguf(ExportSettings(adapter=adapter, out=folder / f"{family}-{kind}.gguf",
+                                                       gguf_type=kind))
             for family, adapter in adapter_of.items() for kind in ("f16", "q8_0")}
 
 
@@ -235,20 +236,20 @@ def test_record_names_base_adapter_type_and_checksum(exported, adapter_of, tiny_
 def test_family_mismatch_unsupported_type_and_foreign_output_are_refused(adapter_of, tiny_model_dirs, tmp_path):
     out = tmp_path / "x.gguf"
     with pytest.raises(ValueError, match=r"for the mistral family .* but the base .* 'llama'"):
-        export_gguf(adapter_of["mistral"], out, base=str(tiny_model_dirs["llama2"]))
+        export_gguf(ExportSettings(adapter=adapter_of["mistral"], out=out, base=str(tiny_model_dirs["llama2"])))
     with pytest.raises(ValueError, match=r"--type 'q3' is not supported; choose one of f16, bf16, q8_0 .*q4_k_m"):
-        export_gguf(adapter_of["llama2"], out, "q3")
+        export_gguf(ExportSettings(adapter=adapter_of["llama2"], out=out, gguf_type="q3"))
     out.write_bytes(b"a file of the user's")
     with pytest.raises(ValueError, match="exists and spanish_ft did not make it"):
-        export_gguf(adapter_of["llama2"], out, replace=True)
+        export_gguf(ExportSettings(adapter=adapter_of["llama2"], out=out, replace=True))
     assert out.read_bytes() == b"a file of the user's" and not record_path(out).exists()
 
 
 def test_an_earlier_export_is_replaced_only_with_replace(adapter_of, tmp_path):
-    out = export_gguf(adapter_of["falcon"], tmp_path / "falcon.gguf", "q8_0")
+    out = export_gguf(ExportSettings(adapter=adapter_of["falcon"], out=tmp_path / "falcon.gguf", gguf_type="q8_0"))
     with pytest.raises(ValueError, match="earlier spanish_ft export; pass --replace"):
-        export_gguf(adapter_of["falcon"], out, "f16")
-    export_gguf(adapter_of["falcon"], out, "f16", replace=True)
+        export_gguf(ExportSettings(adapter=adapter_of["falcon"], out=out, gguf_type="f16"))
+    export_gguf(ExportSettings(adapter=adapter_of["falcon"], out=out, gguf_type="f16", replace=True))
     assert read_gguf_record(out)["gguf_type"] == "f16" and read_gguf_record(out)["sha256"] == sha256_file(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["falcon.gguf", "falcon.gguf.json"]
 
@@ -257,7 +258,7 @@ def test_no_disk_space_is_refused_before_loading(adapter_of, tmp_path, monkeypat
     monkeypatch.setattr(export.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1 << 20))
     monkeypatch.setattr(export, "load_merged", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match=r"not enough disk space in .*: the export needs about 0.06 GiB and 0.00 GiB"):
-        export_gguf(adapter_of["llama2"], tmp_path / "x.gguf")
+        export_gguf(ExportSettings(adapter=adapter_of["llama2"], out=tmp_path / "x.gguf"))
 
 
 def test_quantize_types_without_llama_quantize_say_what_to_install(adapter_of, tmp_path, monkeypatch):
@@ -267,7 +268,7 @@ def test_quantize_types_without_llama_quantize_say_what_to_install(adapter_of, t
     monkeypatch.setattr(export, "load_merged", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match=r"(?s)^--type q4_k_m: llama.cpp's `llama-quantize` was not found.*"
                                          r"python -m training build-llama-cpp"):
-        export_gguf(adapter_of["llama2"], tmp_path / "x.gguf", "q4_k_m")
+        export_gguf(ExportSettings(adapter=adapter_of["llama2"], out=tmp_path / "x.gguf", gguf_type="q4_k_m"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -285,7 +286,7 @@ def test_an_interrupted_write_leaves_no_file(adapter_of, tmp_path, monkeypatch):
     original = GGUFWriter.write_tensor_data
     monkeypatch.setattr(GGUFWriter, "write_tensor_data", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        export_gguf(adapter_of["llama2"], tmp_path / "x.gguf")
+        export_gguf(ExportSettings(adapter=adapter_of["llama2"], out=tmp_path / "x.gguf"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -323,7 +324,8 @@ def test_the_shipped_fused_demo_adapter_exports_to_f16_and_q8_0(tmp_path, one_to
     if os.environ.get("SPANISH_FT_LLAMA_CPP_TEST") != "1" and "llamacpp" not in (request.config.getoption("-m") or ""):
         pytest.skip("the real demo export is checked with the llama.cpp tests: set SPANISH_FT_LLAMA_CPP_TEST=1")
     base, adapter = demo_model_dir(), DEMO_ADAPTER
-    files = {kind: export_gguf(adapter, tmp_path / f"gemma3-270m-fusionado-{kind}.gguf", kind, base=str(base))
+    files = {kind: export_gguf(ExportSettings(adapter=adapter, out=tmp_path / f"gemma3-270m-fusionado-{kind}.gguf",
+                                              gguf_type=kind, base=str(base)))
              for kind in ("f16", "q8_0")}
     template = ROOT / FAMILIES["gemma3"].template_file
     measured = compare(base, adapter, files, template)
@@ -350,7 +352,8 @@ def test_llama_quantize_types_go_through_an_f16_file_that_is_removed(adapter_of,
     from training.adapters.gguf import llamacpp
 
     monkeypatch.setattr(llamacpp, "find_binary", lambda name: fake)
-    out = export_gguf(adapter_of["falcon"], tmp_path / "out" / "falcon-q4_k_m.gguf", "q4_k_m")
+    out = export_gguf(ExportSettings(adapter=adapter_of["falcon"], out=tmp_path / "out" / "falcon-q4_k_m.gguf",
+                                     gguf_type="q4_k_m"))
     source, target, kind = calls.read_text().split()
     assert kind == "Q4_K_M" and Path(source).name.startswith(".falcon-q4_k_m.gguf.tmp-") and target.endswith(".q4_k_m")
     assert sorted(p.name for p in out.parent.iterdir()) == ["falcon-q4_k_m.gguf", "falcon-q4_k_m.gguf.json"]
@@ -361,7 +364,7 @@ def test_llama_quantize_types_go_through_an_f16_file_that_is_removed(adapter_of,
 def test_dequantized_nf4_export_computes_what_the_4bit_base_and_adapter_computed(adapter_of, tiny_model_dirs, tmp_path,
                                                                                one_torch_thread):
     base, adapter = tiny_model_dirs["mistral"], adapter_of["mistral"]
-    out = export_gguf(adapter, tmp_path / "nf4.gguf", "f16", dequantized_nf4=True)
+    out = export_gguf(ExportSettings(adapter=adapter, out=tmp_path / "nf4.gguf", gguf_type="f16", dequantized_nf4=True))
     ids = prompt_ids(AutoTokenizer.from_pretrained(base), ROOT / FAMILIES["mistral"].template_file)
     with torch.no_grad():
         trained_against = PeftModel.from_pretrained(load_base(base, "mistral", nf4=True), adapter)(ids).logits[0]
@@ -379,10 +382,11 @@ def test_a_missing_template_or_an_unknown_tokenizer_is_refused_before_loading(ad
     (adapter / "spanish_ft_record.json").write_text(json.dumps(record))
     monkeypatch.setattr(export, "load_merged", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match=r"instruction template .*no-existe.yaml .* not found .*--template"):
-        export_gguf(adapter, tmp_path / "x.gguf")
+        export_gguf(ExportSettings(adapter=adapter, out=tmp_path / "x.gguf"))
     from training.adapters.gguf import vocab as gguf_vocab
 
     monkeypatch.setattr(gguf_vocab, "PRE_BY_STEPS", {})  # a byte-level tokenizer llama.cpp has no regex for
     with pytest.raises(ValueError, match=r"no pre-tokenizer known to match this tokenizer's steps \(ByteLevel\)"):
-        export_gguf(adapter, tmp_path / "x.gguf", template=ROOT / FAMILIES["falcon"].template_file)
+        export_gguf(ExportSettings(adapter=adapter, out=tmp_path / "x.gguf",
+                                   template=ROOT / FAMILIES["falcon"].template_file))
     assert list(tmp_path.iterdir()) == [adapter]

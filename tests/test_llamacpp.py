@@ -196,13 +196,14 @@ def demo(server_binary, tmp_path_factory) -> dict:
     from test_gguf import DEMO_ADAPTER as adapter
     from test_gguf import demo_model_dir
 
-    from training.adapters.gguf.export import export_gguf
+    from training.adapters.gguf.export import ExportSettings, export_gguf
     from training.adapters.record import read_record
 
     folder = tmp_path_factory.mktemp("demo")
     model = demo_model_dir()
     template = ROOT / read_record(adapter).template_file
-    files = {kind: export_gguf(adapter, folder / f"gemma3-270m-fusionado-{kind}.gguf", kind, base=str(model))
+    files = {kind: export_gguf(ExportSettings(adapter=adapter, out=folder / f"gemma3-270m-fusionado-{kind}.gguf",
+                                              gguf_type=kind, base=str(model)))
              for kind in BARS}
     return {"template": template, "reference": transformers_reference(model, adapter, template), "files": files}
 
@@ -344,12 +345,12 @@ def test_llama_cpp_computes_the_tiny_models_as_transformers(family, server_binar
     from test_gguf import prompt_ids, record_for, reference_logits
     from transformers import AutoTokenizer
 
-    from training.adapters.gguf.export import export_gguf
+    from training.adapters.gguf.export import ExportSettings, export_gguf
 
     base = tiny_model_dirs[family]
     adapter = make_adapter(base, tmp_path / f"{family}-prueba", FAMILIES[family].lora_targets, 4, 8, seed=7,
                            record=record_for(family, base))
-    gguf = export_gguf(adapter, tmp_path / f"{family}-f16.gguf", "f16")
+    gguf = export_gguf(ExportSettings(adapter=adapter, out=tmp_path / f"{family}-f16.gguf", gguf_type="f16"))
     ids = prompt_ids(AutoTokenizer.from_pretrained(base), ROOT / FAMILIES[family].template_file)[0].tolist()
     reference = torch.log_softmax(reference_logits(base, adapter, torch.tensor([ids])), dim=-1)
     with running_llama_server(server_binary, gguf, tmp_path / "llama-server.log") as url:

@@ -15,9 +15,10 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, FalconConfig,
 
 from training.__main__ import main
 from training.families import FAMILIES
+from training.files import GIB
 from training.memory.activations import layer_saved_bytes
 from training.memory.arch import architecture_of, load_model_config
-from training.memory.estimate import GIB, MemorySettings, estimate
+from training.memory.estimate import MemorySettings, estimate
 
 PUBLISHED_PARAMS = {"mistral-7b": 7.24e9, "llama2-7b": 6.74e9, "falcon-7b": 6.92e9, "llama3-8b": 8.03e9,
                     "gemma3-270m": 2.68e8}

@@ -46,7 +46,7 @@ def base_plus_adapter_logits(base, family, adapter, nf4=False) -> torch.Tensor:
 @pytest.mark.parametrize("family", ["llama2", "falcon", "gemma3"])
 def test_merged_model_equals_base_plus_adapter(family, tiny_model_dirs, adapter_of, tmp_path):
     out = merge_to_model(
-        MergeSettings(adapter_of[family], tmp_path / "merged", dtype="float32", max_shard_size="100KB")
+        MergeSettings(adapter=adapter_of[family], out=tmp_path / "merged", dtype="float32", max_shard_size="100KB")
     )
     merged = AutoModelForCausalLM.from_pretrained(out)  # the base comes from the adapter's record
     assert (
@@ -66,7 +66,7 @@ def test_merged_model_equals_base_plus_adapter(family, tiny_model_dirs, adapter_
 
 def test_bfloat16_merge_is_saved_in_bfloat16(tiny_model_dirs, adapter_of, tmp_path):
     out = merge_to_model(
-        MergeSettings(adapter_of["mistral"], tmp_path / "merged", base=str(tiny_model_dirs["mistral"]))
+        MergeSettings(adapter=adapter_of["mistral"], out=tmp_path / "merged", base=str(tiny_model_dirs["mistral"]))
     )
     merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
     assert merged.dtype == torch.bfloat16
@@ -78,8 +78,8 @@ def test_bfloat16_merge_is_saved_in_bfloat16(tiny_model_dirs, adapter_of, tmp_pa
 def test_dequantized_nf4_merge_matches_the_4bit_base(family, tiny_model_dirs, adapter_of, tmp_path):
     base, adapter = tiny_model_dirs[family], adapter_of[family]
     trained_against = base_plus_adapter_logits(base, family, adapter, nf4=True)
-    nf4 = merge_to_model(MergeSettings(adapter, tmp_path / "nf4", dtype="float32", dequantized_nf4=True))
-    plain = merge_to_model(MergeSettings(adapter, tmp_path / "plain", dtype="float32"))
+    nf4 = merge_to_model(MergeSettings(adapter=adapter, out=tmp_path / "nf4", dtype="float32", dequantized_nf4=True))
+    plain = merge_to_model(MergeSettings(adapter=adapter, out=tmp_path / "plain", dtype="float32"))
     assert relative_error(logits_of(AutoModelForCausalLM.from_pretrained(nf4)), trained_against) < 1e-5
     assert relative_error(logits_of(AutoModelForCausalLM.from_pretrained(plain)), trained_against) > 1e-2
 
@@ -91,7 +91,7 @@ def test_quantized_base_and_4bit_merge_are_refused(tiny_model_dirs, adapter_of, 
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     (quantized / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"quantised \(bitsandbytes\).*16-bit original"):
-        merge_to_model(MergeSettings(adapter_of["llama2"], tmp_path / "out", base=str(quantized)))
+        merge_to_model(MergeSettings(adapter=adapter_of["llama2"], out=tmp_path / "out", base=str(quantized)))
     assert main(["merge", str(adapter_of["llama2"]), "--out", str(tmp_path / "out"), "--load-in-4bit"]) == 1
     assert "never loads the base in 4 bits" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

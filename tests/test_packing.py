@@ -184,10 +184,10 @@ def test_length_grouped_order_pads_less_than_transformers_grouping_and_stays_ran
 
 def test_the_trainer_orders_padded_batches_with_length_grouped_order(trainers):
     from training.data.batches import LengthGroupedOrder
-    from training.trainer.build import Trainer
+    from training.trainer.build import LengthGroupedSFTTrainer
 
     trainer, _ = next(iter(trainers.values()))
-    assert isinstance(trainer, Trainer)
+    assert isinstance(trainer, LengthGroupedSFTTrainer)
     trainer.args.train_sampling_strategy = "group_by_length"
     try:
         assert isinstance(trainer._get_train_sampler(), LengthGroupedOrder)

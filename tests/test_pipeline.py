@@ -5,6 +5,7 @@ memory does not fit; the three runs compare in one report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,13 +14,14 @@ from test_train import InterruptAfterSave
 from training.__main__ import main
 from training.adapters.record import read_record
 from training.evaluate.across import compare_runs, load_run
+from training.evaluate.compare import EvaluateSettings
 from training.families import FAMILIES
 from training.pipeline import plan
-from training.pipeline.run import EvalSettings, PipelineSettings, family_spec, run_pipeline
+from training.pipeline.run import PipelineSettings, family_spec, run_pipeline
 
 TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
             "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
-QUICK_EVAL = EvalSettings(max_new_tokens=4, limit=3, answer_rows=2)
+QUICK_EVAL = EvaluateSettings(max_new_tokens=4, limit=3, answer_rows=2)
 
 
 def tiny_settings(family: str, base, out, *overrides: str, **fields) -> PipelineSettings:
@@ -107,15 +109,26 @@ def test_the_plan_comes_first_and_a_plan_that_does_not_fit_is_refused(tiny_model
     monkeypatch.setattr(pipeline_run, "train_adapter", lambda *a, **k: pytest.fail("trained before the plan"))
     settings = tiny_settings("mistral", tiny_model_dirs["mistral"], tmp_path / "run")
     with pytest.raises(ValueError, match=r"step 'train instrucciones' needs about .* GiB on cpu \(a small CPU\), "
-                                         r"0\.0 GiB available.*training\.batch_size.*--force-memory"):
+                                         r"0\.0 GiB available.*training\.batch_size.*--force to"):
         run_pipeline(settings)
     printed = capsys.readouterr().out
     assert "plan for mistral on cpu" in printed and "train leyes-ec" in printed and "estimated total" in printed
     assert not settings.out.exists()  # nothing written
 
-    settings.force_memory = True
-    assert run_pipeline(settings, plan_only=True) is None
-    assert "going on anyway (--force-memory)" in capsys.readouterr().out
+    assert run_pipeline(dataclasses.replace(settings, force=True, plan_only=True)) is None
+    assert "going on anyway (--force)" in capsys.readouterr().out
+
+
+def test_the_old_flag_spelling_still_works_and_says_it_is_deprecated(capsys, tmp_path):
+    """`--force-memory` (before issue 27) is `--force` for one more release, with a warning."""
+    from training.__main__ import parse_args
+
+    args = parse_args(["pipeline", "--family", "falcon", "--force-memory", "--out", str(tmp_path / "f")])
+    assert PipelineSettings.from_args(args).force is True
+    warned = capsys.readouterr().err
+    assert "--force-memory is deprecated" in warned and "use --force" in warned
+    args = parse_args(["pipeline", "--family", "falcon", "--force"])
+    assert PipelineSettings.from_args(args).force is True and "deprecated" not in capsys.readouterr().err
 
 
 def test_plans_for_the_7b_families_on_16_and_24_gb_gpus(capsys, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import Capture, make_config
 
-from training.adapters.fuse import fuse_adapters
+from training.adapters.fuse import FuseSettings, fuse_adapters
 from training.adapters.record import read_record
 from training.config import ConfigError
 from training.model.load import load_base_model
@@ -58,7 +58,7 @@ def test_stacked_adapter_fused_with_its_base_adapter_is_exactly_the_trained_mode
     assert tensors.keys() == load_file(under / "adapter_model.safetensors").keys()
     assert any("lora_B" in key and tensors[key].abs().sum() > 0 for key in tensors)
 
-    fused = fuse_adapters([under, top], tmp_path / "fused", name="fused").out_dir
+    fused = fuse_adapters(FuseSettings(adapters=[under, top], out=tmp_path / "fused", name="fused")).out_dir
     from peft import PeftModel
 
     reloaded = PeftModel.from_pretrained(load_base_model(config.model, config.quantization, False, CPU), fused)

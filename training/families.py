@@ -4,9 +4,12 @@ no 7B recipe; its recipes are training/recipes/demo-gemma3-*.yaml).
 
 Everything that differs between the families lives here: the transformers
 `model_type`s and architecture class, the LoRA target modules (all linear layers of the
-decoder), the shipped instruction template and preset, and the `nn.Linear` subclasses that
-must be built as plain `nn.Linear` for bitsandbytes to quantise them. The trainer, the
-fuser and the webui extension import this table; nothing else hard-codes a family.
+decoder), the shipped instruction template and preset, the `nn.Linear` subclasses that
+must be built as plain `nn.Linear` for bitsandbytes to quantise them, the decoder's layout
+as the memory estimator reads it, the shipped model config the plan estimates from, and
+llama.cpp's architecture for the GGUF export. The trainer, the fuser, the estimator, the
+exporter and the webui extension import this table; nothing else writes a family's name
+(tests/test_names.py checks it).
 
     from training.families import FAMILIES, family_of_model_type
     FAMILIES["falcon"].lora_targets      # ('query_key_value', 'dense', ...)
@@ -16,6 +19,12 @@ fuser and the webui extension import this table; nothing else hard-codes a famil
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# A decoder's layout, as the memory estimator reads it (training/memory/arch.py):
+SEPARATE_QKV = "separate-qkv"  # q/k/v/o projections, gated MLP, RMSNorm (Llama, Mistral, Gemma 3)
+FUSED_QKV = "fused-qkv"  # one query_key_value projection, GELU MLP, LayerNorm, parallel attention (Falcon)
+# Which layers attend through a sliding window when the config sets `sliding_window`:
+NO_WINDOW, EVERY_LAYER, BY_LAYER_TYPE = "none", "every layer", "by layer type"
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,17 @@ class Family:
     notice: str = ""
     # (GGUF general.license, general.license.link) of that licence, when a file made from the family names it
     licence: tuple[str, str] | None = None
+    # the shipped config.json (training/memory/configs/<name>.json) that plans and estimates read for this family
+    memory_config: str = ""
+    decoder: str = SEPARATE_QKV  # the decoder's layout (SEPARATE_QKV or FUSED_QKV)
+    # RMSNorms before and after attention and the MLP and on each head's queries and keys, scaling by (1 + weight),
+    # and embeddings tied unless the config says otherwise (Gemma 3)
+    sandwich_norms: bool = False
+    sliding_window: str = NO_WINDOW  # which layers a config's `sliding_window` applies to (transformers' rule)
+    gguf_architecture: str = ""  # llama.cpp's architecture for the GGUF export (gguf.MODEL_ARCH_NAMES)
+    # transformers' module of the family's attention, where the estimator reads which attention path the installed
+    # version takes (set where that changes the memory: Falcon's one K/V head)
+    modeling_module: str = ""
 
 
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
@@ -59,6 +79,9 @@ FAMILIES: dict[str, Family] = {
         preset="spanish_ft-Mistral",
         architecture="MistralForCausalLM",
         packs_by_position_ids=True,
+        memory_config="mistral-7b",
+        sliding_window=EVERY_LAYER,  # MistralAttention passes config.sliding_window to every layer
+        gguf_architecture="llama",
     ),
     "llama2": Family(
         name="llama2",
@@ -68,6 +91,8 @@ FAMILIES: dict[str, Family] = {
         preset="spanish_ft-Llama-2-chat",
         architecture="LlamaForCausalLM",
         packs_by_position_ids=True,
+        memory_config="llama2-7b",
+        gguf_architecture="llama",
     ),
     "falcon": Family(
         name="falcon",
@@ -78,6 +103,10 @@ FAMILIES: dict[str, Family] = {
         preset="spanish_ft-Falcon",
         architecture="FalconForCausalLM",
         linear_subclasses=("transformers.models.falcon.modeling_falcon:FalconLinear",),
+        memory_config="falcon-7b",
+        decoder=FUSED_QKV,
+        modeling_module="transformers.models.falcon.modeling_falcon",
+        gguf_architecture="falcon",
     ),
     "gemma3": Family(
         name="gemma3",
@@ -90,10 +119,16 @@ FAMILIES: dict[str, Family] = {
         demo=True,
         notice=GEMMA_NOTICE,
         licence=("gemma", GEMMA_TERMS_URL),
+        memory_config="gemma3-270m",
+        sandwich_norms=True,
+        # Gemma3TextConfig: `layer_types`, or every `sliding_window_pattern`-th layer global
+        sliding_window=BY_LAYER_TYPE,
+        gguf_architecture="gemma3",
     ),
 }
 
 SEVEN_B_FAMILIES: tuple[str, ...] = tuple(name for name, family in FAMILIES.items() if not family.demo)
+DEMO_FAMILY: Family = next(family for family in FAMILIES.values() if family.demo)
 
 
 def notice_of(family: str | None) -> str:

@@ -48,6 +48,7 @@ from pathlib import Path
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_MARKER = "spanish_ft_output.json"  # marks a report, work or demo folder as the bundle's
 LOCK_NAME = "spanish_ft.lock"
+GIB = 1024**3  # bytes in a gibibyte: every memory or disk size the bundle shows is in GiB
 
 
 class OutputError(ValueError):

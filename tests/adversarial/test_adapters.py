@@ -247,18 +247,18 @@ def test_fuse_refuses_several_problems_at_once(kit, tmp_path, capsys):
 def test_a_newer_peft_field_left_unset_is_accepted(unset, kit, tmp_path):
     """PEFT writes every LoraConfig field, used or not (0.22 added astra_config: null): a field we
     do not know, left unset, changes nothing; set, it is refused (the "unknown field" case)."""
-    from training.adapters.fuse import fuse_adapters
+    from training.adapters.fuse import FuseSettings, fuse_adapters
 
     adapter = tmp_path / "nuevo"
     shutil.copytree(kit["a"], adapter)
     set_config(lora_future_config=unset, astra_config=None)(adapter)
-    fused = fuse_adapters([adapter, kit["a"]], tmp_path / "con", name="con")
-    plain = fuse_adapters([kit["a"], kit["a"]], tmp_path / "sin", name="sin")
+    fused = fuse_adapters(FuseSettings(adapters=[adapter, kit["a"]], out=tmp_path / "con", name="con"))
+    plain = fuse_adapters(FuseSettings(adapters=[kit["a"], kit["a"]], out=tmp_path / "sin", name="sin"))
     ours, theirs = load_file(fused.out_dir / WEIGHTS), load_file(plain.out_dir / WEIGHTS)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     set_config(lora_future_config=0)(adapter)  # 0 is a value, not "off"
     with pytest.raises(ValueError, match="unknown field 'lora_future_config' set"):
-        fuse_adapters([adapter, kit["a"]], tmp_path / "refusado", name="refusado")
+        fuse_adapters(FuseSettings(adapters=[adapter, kit["a"]], out=tmp_path / "refusado", name="refusado"))
     assert not (tmp_path / "refusado").exists()
 
 

@@ -55,7 +55,7 @@ def no_loading(monkeypatch):
     import training.evaluate.compare as compare
     import training.train as train
 
-    for module, name in [(train, "load_tokenizer"), (train, "prepare_data"), (fuse, "load_source"),
+    for module, name in [(train, "load_tokenizer"), (train, "prepare_data"), (fuse, "open_fusable"),
                          (merge.AutoConfig, "from_pretrained"), (compare, "load_model_with_adapters")]:
         monkeypatch.setattr(module, name, loaded)
 

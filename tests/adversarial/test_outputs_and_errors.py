@@ -354,5 +354,5 @@ def test_a_write_failure_is_an_output_error_naming_the_folder(kit, tmp_path, mon
     monkeypatch.setattr(fuse, "write_record", full_disk)
     out = tmp_path / "fusionado"
     with pytest.raises(OutputError, match=rf"cannot write the adapter folder {out}: the disk is full.*ENOSPC"):
-        fuse.fuse_adapters([kit["a"], kit["b"]], out)
+        fuse.fuse_adapters(fuse.FuseSettings(adapters=[kit["a"], kit["b"]], out=out))
     assert list(tmp_path.iterdir()) == []

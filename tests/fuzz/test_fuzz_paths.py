@@ -175,7 +175,7 @@ def stop_at_work(monkeypatch):
     def reached(*args, **kwargs):
         raise Reached()
 
-    for module, name in [(fuse, "load_source"), (compare, "evaluate"), (checks, "find_llama_quantize"),
+    for module, name in [(fuse, "open_fusable"), (compare, "evaluate"), (checks, "find_llama_quantize"),
                          (checks, "open_adapter")]:
         monkeypatch.setattr(module, name, reached)
 

@@ -42,13 +42,14 @@ DEMO_MODEL_ENV = "SPANISH_FT_DEMO_MODEL"
 
 def prepare_webui(source: Path, root: Path, settings: str = "") -> Path:
     """Copy the webui to root, add the tiny model and adapters, install the bundle; returns root."""
-    from training.adapters.fuse import fuse_adapters
+    from training.adapters.fuse import FuseSettings, fuse_adapters
 
     data = copy_webui(source, root)
     base = build_model_dir("llama2", data / "models" / TINY.model)
     for seed, name in enumerate(TINY.singles, start=1):
         make_adapter(base, data / "loras" / name, task=name.split("-", 1)[1], rank=4, seed=seed)
-    fuse_adapters([data / "loras" / name for name in TINY.singles], data / "loras" / TINY.fused)
+    fuse_adapters(FuseSettings(adapters=[data / "loras" / name for name in TINY.singles],
+                               out=data / "loras" / TINY.fused))
     if settings:
         (data / "settings.yaml").write_text(settings, encoding="utf-8")
     install_bundle(root)

@@ -13,8 +13,8 @@ or torch see it:
 PEFT is then given the accepted config (`load_peft_adapter`), never the file, and every tensor of
 the file must land in the model (`check_tensors_land`): PEFT loads with strict=False and drops a
 tensor whose module the base model lacks, or target_modules leaves out, without a word; so would a
-frozen stacked adapter. `resolve_adapter` turns an adapter's name (the extension's LoRA menu) into a
-folder strictly inside the adapters folder.
+frozen stacked adapter. `base_model_of` says which base model an adapter belongs to; `resolve_adapter`
+turns an adapter's name (the extension's LoRA menu) into a folder strictly inside the adapters folder.
 
     adapter = open_adapter(Path("loras/gemma3-270m-leyes-ec"))
     adapter.config["r"], adapter.weights_file
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from training.adapters.adapter_config import config_problems, peft_config
+from training.adapters.record import RECORD_NAME, TrainingRecord
 from training.adapters.safetensors_header import CorruptFileError, check_safetensors
 from training.safeyaml import shorten
 
@@ -102,6 +103,14 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     if problems:
         raise AdapterError(f"{CONFIG_NAME} in {adapter_dir}: " + "; ".join(problems))
     return config
+
+
+def base_model_of(config: dict, record: TrainingRecord | None) -> tuple[str | None, str]:
+    """(the base model an adapter was trained on, where that was read): its training record's base model,
+    else adapter_config.json's base_model_name_or_path (an adapter made by another tool); None if neither says."""
+    if record is not None and record.base_model:
+        return record.base_model, f"{RECORD_NAME} base_model.name_or_path"
+    return config.get("base_model_name_or_path"), f"{CONFIG_NAME} base_model_name_or_path"
 
 
 def adapter_weights_path(adapter_dir: str | Path, allow_pickle: bool = False) -> Path:

@@ -7,7 +7,9 @@ PEFT feature is refused rather than silently dropped. The fused config is writte
 field (never copied from the first source, as PEFT's `add_weighted_adapter` does): scaling 1
 everywhere (lora_alpha = r, rslora off), per-module ranks in `rank_pattern`/`alpha_pattern`
 keyed by the escaped full module name (PEFT matches those keys as regexes against the module
-name relative to the base model, in 0.18 and 0.21 alike). Used by `training/adapters/fuse.py`.
+name relative to the base model, in 0.18 and 0.21 alike). `open_fusable` opens an adapter through the
+door (training/adapters/folder.py) and accepts it only if it fuses exactly: `training/adapters/fuse.py`
+fuses such adapters, `training/model/stacking.py` trains on top of one.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from training.adapters.factors import PEFT_PREFIX
+from training.adapters.factors import PEFT_PREFIX, split_lora_tensors
+from training.adapters.folder import load_adapter_tensors, open_adapter
+from training.adapters.record import TrainingRecord, read_record
 
 # Options with no effect on the forward pass of a plain LoRA adapter, or handled by the fuser.
 NEUTRAL = {
@@ -120,7 +125,7 @@ def _module_selection(sources: list[tuple[dict, set]], modules: set) -> dict:
     }
 
 
-def _common(configs: list[dict], key: str, default=None):
+def _shared_config_value(configs: list[dict], key: str, default=None):
     values = {json.dumps(c.get(key)) for c in configs if c.get(key) is not None}
     return json.loads(values.pop()) if len(values) == 1 else default
 
@@ -133,16 +138,16 @@ def fused_adapter_config(sources: list[tuple[dict, set]], ranks: dict[str, int])
     configs = [config for config, _ in sources]
     return {
         "peft_type": "LORA",
-        "task_type": _common(configs, "task_type"),
-        "base_model_name_or_path": _common(configs, "base_model_name_or_path"),
-        "revision": _common(configs, "revision"),
+        "task_type": _shared_config_value(configs, "task_type"),
+        "base_model_name_or_path": _shared_config_value(configs, "base_model_name_or_path"),
+        "revision": _shared_config_value(configs, "revision"),
         "r": rank,
         "lora_alpha": rank,  # scaling 1: the sources' scales and weights are folded into A and B
         "rank_pattern": pattern,
         "alpha_pattern": dict(pattern),
         "use_rslora": False,
         **_module_selection(sources, set(ranks)),
-        "lora_dropout": _common(configs, "lora_dropout", 0.0),  # training only
+        "lora_dropout": _shared_config_value(configs, "lora_dropout", 0.0),  # training only
         "fan_in_fan_out": configs[0].get("fan_in_fan_out", False),
         "bias": "none",
         "init_lora_weights": True,
@@ -150,3 +155,22 @@ def fused_adapter_config(sources: list[tuple[dict, set]], ranks: dict[str, int])
         "use_dora": False,
         "inference_mode": True,
     }
+
+
+@dataclass(frozen=True)
+class FusableAdapter:
+    """An adapter that passed the door and fuses exactly, with its LoRA factors loaded."""
+
+    path: Path
+    config: dict
+    record: TrainingRecord  # empty for adapters made by other tools
+    modules: dict  # module key -> LoraFactors
+    weights_file: Path
+
+
+def open_fusable(path: Path, allow_pickle: bool) -> FusableAdapter:
+    """The adapter in `path`, through the door (training/adapters/folder.py), if it fuses exactly."""
+    adapter = open_adapter(path, allow_pickle)
+    check_fusable_config(adapter.config, path)
+    modules = split_lora_tensors(load_adapter_tensors(adapter), str(adapter.weights_file))
+    return FusableAdapter(path, adapter.config, read_record(path) or TrainingRecord(), modules, adapter.weights_file)

@@ -13,7 +13,9 @@ adapter_model.safetensors, a training record (`kind: "fused"`) and a model card;
 ONE adapter with `PeftModel.from_pretrained` (PEFT 0.18 to 0.21 checked). `--out` must be new,
 or an adapter made by spanish_ft with `--replace` (training/files.py: check_output), checked
 before any source is read; the folder is written whole, atomically.
-The webui extension calls `fuse_adapters`, which imports only torch and safetensors.
+What to fuse is one `FuseSettings`, built from the command line in one place (`FuseSettings.from_args`);
+the webui extension and the pipeline build the same object and call `fuse_adapters`, which imports
+only torch and safetensors.
 """
 
 from __future__ import annotations
@@ -24,23 +26,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.adapters.card import write_card
-from training.adapters.factors import PEFT_PREFIX, compress_svd, module_scale, split_lora_tensors, stack_factors
-from training.adapters.folder import CONFIG_NAME, SAFE_WEIGHTS_NAME, load_adapter_tensors, open_adapter
-from training.adapters.fusable import check_fusable_config, check_same, fused_adapter_config
-from training.adapters.record import RECORD_NAME, TrainingRecord, fused_record, read_record, write_record
+from training.adapters.factors import PEFT_PREFIX, compress_svd, module_scale, stack_factors
+from training.adapters.folder import CONFIG_NAME, SAFE_WEIGHTS_NAME, base_model_of
+from training.adapters.fusable import FusableAdapter, check_same, fused_adapter_config, open_fusable
+from training.adapters.record import RECORD_NAME, TrainingRecord, fused_record, write_record
 from training.files import atomic_output_dir, check_output, sha256_file, write_json_atomic
 from training.templates import load_template
 
 METHODS = ("cat", "svd")
 
 
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    config: dict
-    record: TrainingRecord  # empty for adapters made by other tools
-    modules: dict  # module key -> LoraFactors
-    weights_file: Path
+@dataclass(frozen=True, kw_only=True)
+class FuseSettings:
+    """What `fuse` makes: the source adapters, the output folder, and how they are fused."""
+
+    adapters: list[Path]  # the source adapter folders, in order
+    out: Path  # the fused adapter folder: new, or an adapter of ours with `replace`
+    weights: list[float] | None = None  # one per source (default: all 1.0)
+    method: str = "cat"  # cat: exact, rank = sum of ranks; svd: lossy, to `rank`
+    rank: int | None = None  # the compressed adapter's rank (svd only)
+    template: Path | None = None  # the instruction template to record when the sources' templates differ
+    name: str | None = None  # the adapter name for the record and card (default: the `out` folder's name)
+    allow_pickle: bool = False  # accept adapter_model.bin (pickle) weights from trusted sources
+    replace: bool = False  # `out` may hold an adapter made by spanish_ft, which is replaced
+
+    @classmethod
+    def from_args(cls, args) -> FuseSettings:
+        return cls(adapters=list(args.adapters), out=args.out, weights=args.weights, method=args.method,
+                   rank=args.rank, template=args.template, name=args.name, allow_pickle=args.allow_pickle,
+                   replace=args.replace)
 
 
 @dataclass
@@ -51,24 +65,9 @@ class FuseResult:
     rank: int  # the fused adapter's `r`; modules of another rank are listed in its rank_pattern
 
 
-def load_source(path: Path, allow_pickle: bool) -> Source:
-    """One source adapter, through the door (training/adapters/folder.py), if it fuses exactly."""
-    adapter = open_adapter(path, allow_pickle)
-    check_fusable_config(adapter.config, path)
-    modules = split_lora_tensors(load_adapter_tensors(adapter), str(adapter.weights_file))
-    return Source(path, adapter.config, read_record(path) or TrainingRecord(), modules, adapter.weights_file)
-
-
-def _base_of(source: Source) -> tuple[str | None, str]:
-    base = source.record.base_model
-    if base:
-        return base, f"{RECORD_NAME} base_model.name_or_path"
-    return source.config.get("base_model_name_or_path"), f"{CONFIG_NAME} base_model_name_or_path"
-
-
-def check_sources_agree(sources: list[Source]) -> None:
+def check_sources_agree(sources: list[FusableAdapter]) -> None:
     """Refuse sources trained on different bases/families, or whose shared modules differ in shape."""
-    check_same([(s.path, *_base_of(s)) for s in sources], "base model")
+    check_same([(s.path, *base_model_of(s.config, s.record)) for s in sources], "base model")
     check_same([(s.path, s.record.family, f"{RECORD_NAME} family") for s in sources], "model family")
     check_same([(s.path, s.config.get("task_type"), f"{CONFIG_NAME} task_type") for s in sources], "task type")
     check_same(
@@ -92,7 +91,7 @@ def check_sources_agree(sources: list[Source]) -> None:
                 )
 
 
-def resolve_template(sources: list[Source], template: Path | None) -> dict | None:
+def resolve_template(sources: list[FusableAdapter], template: Path | None) -> dict | None:
     """The template the fused adapter is used with: --template, else the sources' common one."""
     if template is not None:
         loaded = load_template(template)
@@ -121,7 +120,7 @@ def one_torch_thread():
         torch.set_num_threads(previous)
 
 
-def fuse_tensors(sources: list[Source], weights: list[float], method: str, rank: int | None):
+def fuse_tensors(sources: list[FusableAdapter], weights: list[float], method: str, rank: int | None):
     """(tensors, {module: fused rank}, {module: error}, overall error) for all modules of all sources."""
     import torch
 
@@ -150,17 +149,22 @@ def fuse_tensors(sources: list[Source], weights: list[float], method: str, rank:
     return tensors, ranks, errors, overall
 
 
-def build_record(sources, weights, name, method, rank, errors, overall, template) -> TrainingRecord:
+def build_record(sources: list[FusableAdapter], settings: FuseSettings, weights: list[float], rank: int,
+                 errors: dict, overall: float, template: dict | None) -> TrainingRecord:
     revisions = {s.record.base_revision or s.config.get("revision") for s in sources} - {None}
-    base = (_base_of(sources[0])[0], next(iter(revisions)) if len(revisions) == 1 else None)
+    revision = next(iter(revisions)) if len(revisions) == 1 else None
+    base = (base_model_of(sources[0].config, sources[0].record)[0], revision)
     entries = [{"path": str(s.path), "name": s.record.name or s.path.name, "sha256": sha256_file(s.weights_file)}
                for s in sources]
-    return fused_record(name, [(s.record, e) for s, e in zip(sources, entries, strict=True)], weights, method, rank,
-                        errors, overall, template, base)
+    name = settings.name or Path(settings.out).name
+    return fused_record(name, [(s.record, e) for s, e in zip(sources, entries, strict=True)], weights,
+                        settings.method, rank, errors, overall, template, base)
 
 
-def _check_request(adapter_dirs, out_dir, weights, method, rank, replace, template) -> list[float]:
-    if not adapter_dirs:
+def _check_request(settings: FuseSettings) -> list[float]:
+    """The weights, one per source; ValueError for a request that cannot be met, before anything is read."""
+    adapters, method, rank = settings.adapters, settings.method, settings.rank
+    if not adapters:
         raise ValueError("give at least one adapter folder to fuse")
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: allowed values are {', '.join(METHODS)}")
@@ -168,47 +172,33 @@ def _check_request(adapter_dirs, out_dir, weights, method, rank, replace, templa
         raise ValueError("--method svd needs --rank R with R >= 1 (the rank of the compressed adapter)")
     if method == "cat" and rank is not None:
         raise ValueError("--rank applies to --method svd only; `cat` keeps the sum of the sources' ranks")
-    weights = [1.0] * len(adapter_dirs) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(adapter_dirs) or not all(math.isfinite(w) for w in weights):
-        raise ValueError(f"--weights: give one finite number per adapter ({len(adapter_dirs)}), got {weights}")
-    inputs = [*adapter_dirs, *([template] if template else [])]
-    check_output(out_dir, replace=replace, marker=RECORD_NAME, what="adapter folder", inputs=inputs)
+    weights = [1.0] * len(adapters) if settings.weights is None else [float(w) for w in settings.weights]
+    if len(weights) != len(adapters) or not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"--weights: give one finite number per adapter ({len(adapters)}), got {weights}")
+    inputs = [*adapters, *([settings.template] if settings.template else [])]
+    check_output(settings.out, replace=settings.replace, marker=RECORD_NAME, what="adapter folder", inputs=inputs)
     return weights
 
 
-def fuse_adapters(
-    adapter_dirs: list[Path],
-    out_dir: Path,
-    weights: list[float] | None = None,
-    method: str = "cat",
-    rank: int | None = None,
-    template: Path | None = None,
-    name: str | None = None,
-    allow_pickle: bool = False,
-    replace: bool = False,
-) -> FuseResult:
-    """Fuse the adapters in `adapter_dirs` into one new adapter folder `out_dir`, written atomically.
-
-    `replace`: `out_dir` may hold an adapter made by spanish_ft, which is replaced (--replace).
-    """
-    weights = _check_request(adapter_dirs, out_dir, weights, method, rank, replace, template)
-    sources = [load_source(Path(d), allow_pickle) for d in adapter_dirs]
+def fuse_adapters(settings: FuseSettings) -> FuseResult:
+    """Fuse `settings.adapters` into one new adapter folder `settings.out`, written atomically."""
+    weights = _check_request(settings)
+    sources = [open_fusable(Path(d), settings.allow_pickle) for d in settings.adapters]
     check_sources_agree(sources)
-    template_info = resolve_template(sources, template)
+    template_info = resolve_template(sources, settings.template)
     with one_torch_thread():
-        tensors, ranks, errors, overall = fuse_tensors(sources, weights, method, rank)
+        tensors, ranks, errors, overall = fuse_tensors(sources, weights, settings.method, settings.rank)
     config = fused_adapter_config([(s.config, set(s.modules)) for s in sources], ranks)
-    record = build_record(
-        sources, weights, name or Path(out_dir).name, method, config["r"], errors, overall, template_info
-    )
+    record = build_record(sources, settings, weights, config["r"], errors, overall, template_info)
     from safetensors.torch import save_file
 
-    with atomic_output_dir(out_dir, replace=replace, marker=RECORD_NAME, what="adapter folder") as tmp:
+    out = Path(settings.out)
+    with atomic_output_dir(out, replace=settings.replace, marker=RECORD_NAME, what="adapter folder") as tmp:
         save_file(tensors, str(tmp / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
         write_json_atomic(tmp / CONFIG_NAME, config)
         write_record(tmp, record)
         write_card(tmp, record)
-    return FuseResult(Path(out_dir), errors, overall, config["r"])
+    return FuseResult(out, errors, overall, config["r"])
 
 
 def add_arguments(parser) -> None:
@@ -231,15 +221,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    result = fuse_adapters(
-        args.adapters, args.out, args.weights, args.method, args.rank, args.template, args.name, args.allow_pickle,
-        args.replace,
-    )
+    settings = FuseSettings.from_args(args)
+    result = fuse_adapters(settings)
     for module, error in sorted(result.module_errors.items(), key=lambda item: -item[1]):
         print(f"  {module}: relative error {error:.3e}")
-    exactness = "exact" if args.method == "cat" else f"relative Frobenius error {result.overall_error:.3e} overall"
+    exactness = "exact" if settings.method == "cat" else f"relative Frobenius error {result.overall_error:.3e} overall"
     print(
-        f"fused {len(args.adapters)} adapters into {result.out_dir} "
-        f"(method {args.method}, r={result.rank}, {exactness})"
+        f"fused {len(settings.adapters)} adapters into {result.out_dir} "
+        f"(method {settings.method}, r={result.rank}, {exactness})"
     )
     return 0

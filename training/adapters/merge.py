@@ -29,35 +29,41 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from training.adapters.card import write_notice
-from training.adapters.folder import CONFIG_NAME, AdapterFolder, load_peft_adapter, open_adapter
+from training.adapters.folder import CONFIG_NAME, AdapterFolder, base_model_of, load_peft_adapter, open_adapter
 from training.adapters.record import RECORD_NAME, TrainingRecord, merged_record, read_record, write_record
 from training.families import family_of_model_type
-from training.files import atomic_output_dir, check_output, sha256_file
+from training.files import GIB, atomic_output_dir, check_output, sha256_file
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 MODEL = "merged model folder"
-GIB = 1024**3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MergeSettings:
-    adapter: Path
-    out: Path
-    base: str | None = None
-    dtype: str = "bfloat16"
-    dequantized_nf4: bool = False
-    allow_pickle: bool = False
-    force: bool = False
-    max_shard_size: str = "5GB"
+    """What `merge` makes: the adapter folded into a 16-bit copy of its base, saved as a model folder."""
+
+    adapter: Path  # the adapter folder to merge
+    out: Path  # the merged model folder: new, or a merged model of ours with `replace`
+    base: str | None = None  # base model folder or hub id (default: the adapter's, adapters/folder.py: base_model_of)
+    dtype: str = "bfloat16"  # dtype of the merged model
+    dequantized_nf4: bool = False  # merge into the NF4 round trip of the base, as QLoRA trained against
+    allow_pickle: bool = False  # accept adapter_model.bin (pickle) weights
+    force: bool = False  # run even if available RAM looks too small
+    max_shard_size: str = "5GB"  # largest safetensors shard
     replace: bool = False  # `out` may hold a model made by spanish_ft, which is replaced
+
+    @classmethod
+    def from_args(cls, args) -> MergeSettings:
+        return cls(adapter=args.adapter, out=args.out, base=args.base, dtype=args.dtype,
+                   dequantized_nf4=args.dequantized_nf4, allow_pickle=args.allow_pickle, force=args.force,
+                   max_shard_size=args.max_shard_size, replace=args.replace)
 
 
 def resolve_base(adapter: AdapterFolder, base: str | None) -> str:
-    """--base, else the training record's base model, else adapter_config.json's."""
+    """--base, else the adapter's own base model (the door: base_model_of)."""
     if base:
         return base
-    record = read_record(adapter.path) or TrainingRecord()
-    found = record.base_model or adapter.config.get("base_model_name_or_path")
+    found, _ = base_model_of(adapter.config, read_record(adapter.path))
     if not found:
         raise ValueError(f"{adapter.path}: no base model in {RECORD_NAME} or {CONFIG_NAME}; pass --base MODEL")
     return found
@@ -183,17 +189,7 @@ def run(args) -> int:
             "16-bit copy (the default), with --dequantized-nf4 to reproduce the 4-bit base the adapter was trained on, "
             "then load the merged model in 4 bits in the webui"
         )
-    settings = MergeSettings(
-        args.adapter,
-        args.out,
-        args.base,
-        args.dtype,
-        args.dequantized_nf4,
-        args.allow_pickle,
-        args.force,
-        args.max_shard_size,
-        args.replace,
-    )
+    settings = MergeSettings.from_args(args)
     print(
         f"merged {settings.adapter} into {merge_to_model(settings)} ({settings.dtype}"
         f"{', NF4-dequantised base' if settings.dequantized_nf4 else ''})"

@@ -227,11 +227,11 @@ def fused_record(name: str, sources: list[tuple[TrainingRecord, dict]], weights:
                  base: tuple[str | None, str | None]) -> TrainingRecord:
     """The record of a fusion; `sources` pairs each source's record with {"path", "name", "sha256"}."""
     records = [record for record, _ in sources]
-    fields = _common_fields("fused", name, _common(r.family for r in records), base[0], base[1], template,
-                            _common(r.preset for r in records))
+    fields = _common_fields("fused", name, _shared_value(r.family for r in records), base[0], base[1], template,
+                            _shared_value(r.preset for r in records))
     fields |= {
-        "task": _common(r.task for r in records) or "fusionado",
-        "base_shape": _common(r.base_shape for r in records),
+        "task": _shared_value(r.task for r in records) or "fusionado",
+        "base_shape": _shared_value(r.base_shape for r in records),
         "sources": [{**entry, "weight": weight} for (_, entry), weight in zip(sources, weights, strict=True)],
         "method": method,
         "rank": rank,
@@ -255,7 +255,7 @@ def merged_record(name: str, adapter: TrainingRecord, base_model: str, adapter_e
     return _stamped(fields)
 
 
-def _common(values):
+def _shared_value(values):
     """The one value all non-None values share, else None."""
     distinct = {repr(value): value for value in values if value is not None}
     return next(iter(distinct.values())) if len(distinct) == 1 else None

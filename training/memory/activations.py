@@ -29,15 +29,17 @@ import functools
 import importlib.util
 from pathlib import Path
 
+from training.families import FAMILIES, FUSED_QKV
 from training.memory.arch import Architecture
 
 
-@functools.lru_cache(maxsize=1)
-def _falcon_has_attention_interface() -> bool:
-    """Whether the installed transformers runs Falcon through its shared attention interface (read
-    from the source file, without importing torch); True when transformers is not installed."""
+@functools.lru_cache(maxsize=4)
+def _uses_attention_interface(modeling_module: str) -> bool:
+    """Whether the installed transformers runs `modeling_module`'s attention through its shared attention
+    interface (read from the source file, without importing torch); True when transformers is not installed."""
     spec = importlib.util.find_spec("transformers")
-    source = Path(spec.origin).parent / "models" / "falcon" / "modeling_falcon.py" if spec and spec.origin else None
+    parts = modeling_module.split(".")[1:]
+    source = Path(spec.origin).parent.joinpath(*parts).with_suffix(".py") if spec and spec.origin and parts else None
     if source is None or not source.is_file():
         return True
     return "ALL_ATTENTION_FUNCTIONS" in source.read_text(encoding="utf-8")
@@ -45,7 +47,9 @@ def _falcon_has_attention_interface() -> bool:
 
 def falcon_math_attention(arch: Architecture) -> bool:
     """Falcon with one K/V head on transformers' own Falcon attention (5.6): SDPA's math path."""
-    return arch.family == "falcon" and arch.kv_heads == 1 < arch.heads and not _falcon_has_attention_interface()
+    if arch.decoder != FUSED_QKV or not (arch.kv_heads == 1 < arch.heads):
+        return False
+    return not _uses_attention_interface(FAMILIES[arch.family].modeling_module)
 
 
 def _attention_saved(arch: Architecture, batch: int, seq_len: int, b: int, sliding: bool) -> dict[str, int]:
@@ -58,7 +62,7 @@ def _attention_saved(arch: Architecture, batch: int, seq_len: int, b: int, slidi
     # a batch of several rows has padding, and a row as long as the window needs the window's shape:
     # SDPA gets a mask (transformers' _ignore_causal_mask_sdpa)
     masked = batch > 1 or (sliding and seq_len >= arch.sliding_window)
-    if arch.family == "falcon":  # the shared interface: the K/V heads are broadcast, not copied
+    if arch.decoder == FUSED_QKV:  # the shared interface: the K/V heads are broadcast, not copied
         kv_dim = q_dim if arch.kv_heads > 1 else arch.kv_heads * arch.head_dim
     else:  # repeat_kv copies several K/V heads to all heads; one K/V head becomes a stride-0 view
         kv_dim = q_dim if masked and arch.kv_heads > 1 else arch.kv_heads * arch.head_dim
@@ -76,7 +80,7 @@ def _linear_inputs(arch: Architecture, tokens: int, b: int, mask_b: int, dropout
     if dropout > 0:
         dropped = sum(linear.in_features for linear in arch.linears)
         return {"LoRA dropout: dropped copy + mask per linear": tokens * dropped * (b + mask_b)}
-    if arch.family == "falcon":
+    if arch.decoder == FUSED_QKV:
         norm_outputs = 1 if arch.parallel_attn else 2
         # the math attention path reshapes its output into a new tensor for `dense`
         dense_input = arch.hidden if falcon_math_attention(arch) else 0
@@ -109,7 +113,7 @@ def layer_saved_bytes(
     """Bytes autograd saves in one decoder layer (a sliding-window one if `sliding`) during a training
     forward, by named term."""
     tokens = batch * seq_len
-    if arch.family == "falcon":
+    if arch.decoder == FUSED_QKV:
         # LayerNorm keeps its input in the compute dtype; parallel attention has one input
         distinct_inputs = 1 if arch.parallel_attn else 2
         terms = {"norm inputs": tokens * arch.hidden * b * distinct_inputs,

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.families import family_of_model_type
+from training.families import BY_LAYER_TYPE, EVERY_LAYER, FAMILIES, FUSED_QKV, family_of_model_type
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -38,7 +38,8 @@ class Architecture:
     """One decoder-only model; `linears` are one decoder layer's linear layers (all LoRA targets)."""
 
     name: str
-    family: str  # "llama" (Llama, Mistral, Gemma 3) or "falcon"
+    family: str  # the model's family (training/families.py)
+    decoder: str  # the family's decoder layout: families.SEPARATE_QKV (Llama, Mistral, Gemma 3) or FUSED_QKV (Falcon)
     hidden: int
     intermediate: int
     layers: int
@@ -127,9 +128,9 @@ def architecture_of(config: dict) -> Architecture:
     model_type = config.get("model_type")
     family = family_of_model_type(model_type)
     if family is None:
-        raise ValueError(f"config.json: model_type {model_type!r} is not supported; "
-                         "supported: llama, mistral, falcon, gemma3_text")
-    arch = _falcon(config) if family == "falcon" else _llama(config, family)
+        supported = ", ".join(model_type for known in FAMILIES.values() for model_type in known.model_types)
+        raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: {supported}")
+    arch = (_falcon if FAMILIES[family].decoder == FUSED_QKV else _llama)(config, family)
     name = config.get("_name_or_path") or (config.get("architectures") or [family])[0]
     return dataclasses.replace(arch, name=name)
 
@@ -152,9 +153,9 @@ def _llama(config: dict, family: str) -> Architecture:
     )
     layers = _field(config, "num_hidden_layers")
     # Gemma 3: RMSNorms before and after attention and the MLP, and on each head's queries and keys
-    gemma = family == "gemma3"
+    gemma = FAMILIES[family].sandwich_norms
     return Architecture(
-        name=family, family="llama", hidden=hidden, intermediate=inter, layers=layers,
+        name=family, family=family, decoder=FAMILIES[family].decoder, hidden=hidden, intermediate=inter, layers=layers,
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=_field(config, "vocab_size"),
         tied_embeddings=bool(config.get("tie_word_embeddings", gemma)), linears=linears,
         norm_params=(4 * hidden + 2 * head_dim) if gemma else 2 * hidden, final_norm_params=hidden,  # RMSNorm: a weight
@@ -165,11 +166,12 @@ def _llama(config: dict, family: str) -> Architecture:
 
 def _sliding_layers(config: dict, family: str, layers: int) -> int:
     """How many layers attend through a sliding window, as transformers builds them."""
-    if not config.get("sliding_window") or family == "llama2":
+    rule = FAMILIES[family].sliding_window
+    if not config.get("sliding_window") or rule not in (EVERY_LAYER, BY_LAYER_TYPE):
         return 0
-    if family == "mistral":  # MistralAttention passes config.sliding_window to every layer
+    if rule == EVERY_LAYER:
         return layers
-    # Gemma3TextConfig: `layer_types`, or every `sliding_window_pattern`-th layer global (default 6)
+    # BY_LAYER_TYPE: `layer_types`, or every `sliding_window_pattern`-th layer global (default 6)
     pattern = config.get("sliding_window_pattern") or config.get("_sliding_window_pattern") or 6
     types = config.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
                                           for i in range(layers)]
@@ -178,7 +180,7 @@ def _sliding_layers(config: dict, family: str, layers: int) -> int:
     return types.count("sliding_attention")
 
 
-def _falcon(config: dict) -> Architecture:
+def _falcon(config: dict, family: str) -> Architecture:
     hidden = _field(config, "hidden_size", "n_embd", "n_embed")
     heads = _field(config, "num_attention_heads", "n_head")
     head_dim = hidden // heads
@@ -198,7 +200,7 @@ def _falcon(config: dict) -> Architecture:
     ln_in_parallel = config.get("num_ln_in_parallel_attn") or (2 if new_arch else 1)
     norms = 2 if not parallel or (new_arch and ln_in_parallel == 2) else 1
     return Architecture(
-        name="falcon", family="falcon", hidden=hidden, intermediate=ffn,
+        name=family, family=family, decoder=FUSED_QKV, hidden=hidden, intermediate=ffn,
         layers=_field(config, "num_hidden_layers", "n_layer"), heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         vocab=_field(config, "vocab_size"), tied_embeddings=bool(config.get("tie_word_embeddings", True)),
         linears=linears, norm_params=norms * 2 * hidden, final_norm_params=2 * hidden,  # LayerNorm: weight + bias

@@ -47,12 +47,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from training.files import GIB
 from training.memory.activations import layer_backward_bytes, layer_saved_bytes, prefill_bytes
 from training.memory.arch import architecture_of
 from training.memory.loss import LOSSES, final_norm_saved, head_and_loss_bytes
 from training.memory.weights import optimizer_bytes, trainable_tensors, weight_bytes, weights_note
 
-GIB = 1024**3
 METHODS = ("inference", "full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 DEVICES = ("cuda", "cpu")

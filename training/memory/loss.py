@@ -31,6 +31,7 @@ compute dtype (saved by the linear layer) when it is stored in another dtype.
 
 from __future__ import annotations
 
+from training.families import FUSED_QKV
 from training.memory.arch import Architecture
 
 TOKEN_CHUNK, VOCAB_CHUNK = 4096, 32768  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE, the trainer's chunk_size
@@ -40,7 +41,7 @@ LOSSES = ("fused", "full")
 
 def final_norm_saved(arch: Architecture, tokens: int, b: int) -> int:
     """The final norm saves its input (RMSNorm upcasts it to fp32; LayerNorm keeps it) and fp32 statistics."""
-    if arch.family == "falcon":
+    if arch.decoder == FUSED_QKV:
         return tokens * (arch.hidden * b + 8)
     return tokens * (arch.hidden * 4 + 4)
 

@@ -15,13 +15,14 @@ import argparse
 import json
 from dataclasses import dataclass
 
+from training.families import FAMILIES, SEVEN_B_FAMILIES
+from training.files import GIB
 from training.memory.arch import load_model_config
 from training.memory.estimate import (
     COMPUTE_DTYPES,
     CUDA_CONTEXT_BYTES,
     DEVICES,
     EMBEDDINGS,
-    GIB,
     LOSSES,
     METHODS,
     OPTIMIZERS,
@@ -162,7 +163,7 @@ def print_anchors(as_json: bool = False) -> None:
               "  our estimate is above the published number even at one token per row")
         print(f"  why they differ: {row['why_they_differ']}\n")
     print("Our estimates for the bundle's defaults (batch 4 x 1024, rank 16, dropout 0.05, checkpointing, adamw):")
-    for name in ("mistral-7b", "llama2-7b", "falcon-7b"):
+    for name in (FAMILIES[family].memory_config for family in SEVEN_B_FAMILIES):
         parts = estimate(load_model_config(name), MemorySettings()).breakdown
         print(f"  {name:<11} {sum(parts.values()) / GIB:6.2f} GiB  "
               f"(weights {parts['weights'] / GIB:.2f}, transient {parts['peak_transient'] / GIB:.2f})")

@@ -21,9 +21,8 @@ import torch
 from transformers import AutoConfig
 
 from training.config import RunConfig
+from training.files import GIB
 from training.memory.recipe import checkpointing_needed, recipe_peak_bytes
-
-GIB = 1024**3
 
 
 @dataclass(frozen=True)

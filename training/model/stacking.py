@@ -12,9 +12,9 @@ The frozen adapter is not a second PEFT adapter: PEFT with two active adapters s
 every checkpoint and the trainer's resume re-activates only one of them. Here its delta
 `scale * B @ A x` is added by a forward hook on each adapted base layer (the module PEFT
 then wraps), outside the state dict, checkpoints and optimizer; no dropout, as a frozen
-adapter runs at inference. Only adapters `training/adapters/fuse.py` accepts as exactly fusable
-(through the door of training/adapters/folder.py; plain LoRA on Linear layers, safetensors unless
-pickle is explicitly allowed) are taken.
+adapter runs at inference. Only adapters that fuse exactly are taken (training/adapters/fusable.py:
+open_fusable, through the door of training/adapters/folder.py; plain LoRA on Linear layers,
+safetensors unless pickle is explicitly allowed).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from training.adapters.factors import PEFT_PREFIX, module_scale
 from training.adapters.folder import check_tensors_land
-from training.adapters.fuse import load_source
+from training.adapters.fusable import open_fusable
 from training.files import sha256_file
 
 
@@ -52,7 +52,7 @@ def stack_frozen_adapter(model: nn.Module, adapter_dir: str | Path, allow_pickle
     where = f"lora.stack_on: {adapter_dir}"
     if not adapter_dir.is_dir():
         raise ValueError(f"{where}: no such adapter folder; train that adapter first (its recipe's output_dir)")
-    source = load_source(adapter_dir, allow_pickle)
+    source = open_fusable(adapter_dir, allow_pickle)
     tensors = [key for factors in source.modules.values() for key in (factors.a_key, factors.b_key)]
     check_tensors_land(f"{where}: {source.weights_file.name}", tensors, model)
     hooks = []

@@ -10,7 +10,7 @@ Token counts are estimated from the training files (bytes / BYTES_PER_TOKEN), an
 can end a run sooner: the times are estimates, and the printout says so.
 
 The plan is refused with a ValueError naming the step, the memory it needs and the memory the
-device has (CUDA: torch.cuda.mem_get_info; CPU: available RAM) unless `force` (--force-memory).
+device has (CUDA: torch.cuda.mem_get_info; CPU: available RAM) unless `force` (--force).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 
 from training.config import RunConfig
-from training.files import find_bundle_file
+from training.files import GIB, find_bundle_file
 from training.memory.arch import load_model_config
-from training.memory.estimate import GIB, MemorySettings, estimate
+from training.memory.estimate import MemorySettings, estimate
 from training.memory.recipe import checkpointing_needed, recipe_peak_bytes
 from training.model.load import cpu_has_native_bf16
 
@@ -200,10 +200,10 @@ def check_fits(steps: list[PlannedStep], device: Device, force: bool) -> None:
         message = (f"step '{step.name}' needs about {step.peak_bytes / GIB:.1f} GiB on {device.kind} "
                    f"({device.name}), {device.available_bytes / GIB:.1f} GiB available")
         if force:
-            print(f"warning: {message}; going on anyway (--force-memory)", flush=True)
+            print(f"warning: {message}; going on anyway (--force)", flush=True)
             continue
         raise ValueError(f"{message}. Nothing was downloaded or trained. {step.fix or 'Free memory'}, or pass "
-                         "--force-memory to try anyway")
+                         "--force to try anyway")
 
 
 def render_plan(title: str, steps: list[PlannedStep], device: Device) -> str:

@@ -20,19 +20,25 @@ step that writes there, after the trainings, a refusal would cost hours. Recipe 
 
     python -m training pipeline --family mistral --out runs/mistral
     python -m training pipeline --family falcon --plan-only --gpu-memory 16 training.batch_size=2
+
+`--force` runs a plan that does not fit; `--force-memory`, its old spelling, still works for one release.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from training.adapters.folder import adapter_weights_path
 from training.adapters.record import RECORD_NAME
 from training.config import load_config
-from training.evaluate.compare import evaluate, positive_rows
+from training.evaluate.compare import EvaluateSettings, evaluate, positive_rows
 from training.evaluate.report import REPORT, earlier_report, render_markdown, write_report
+from training.families import FAMILIES, SEVEN_B_FAMILIES
 from training.files import BUNDLE_ROOT, check_output, own_folder, sha256_file
 from training.memory.arch import architecture_of
 from training.pipeline import plan
@@ -42,14 +48,13 @@ from training.trainer.save import check_folders
 
 SPLITS = {"instrucciones": "training/datasets/instrucciones-es/test.jsonl",
           "leyes-ec": "training/datasets/leyes-ec/test.jsonl"}
-FAMILY_CONFIGS = {"mistral": "mistral-7b", "llama2": "llama2-7b", "falcon": "falcon-7b"}  # training/memory/configs
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
     """What a pipeline trains: its recipes, the names of its adapters, the model config for the plan."""
 
-    family: str  # mistral | llama2 | falcon | demo
+    family: str  # one of families.SEVEN_B_FAMILIES, or "demo"
     prefix: str  # adapters: <prefix>-instrucciones, <prefix>-leyes-ec, <prefix>-fusionado
     recipes: dict[str, str]  # task -> recipe, relative to the bundle
     memory_config: str  # shipped config (training/memory/configs) when the base is not a local folder
@@ -61,37 +66,41 @@ class PipelineSpec:
 
 def family_spec(family: str) -> PipelineSpec:
     return PipelineSpec(family, family, {task: f"training/recipes/{family}-{task}.yaml" for task in TASKS},
-                        FAMILY_CONFIGS[family])
+                        FAMILIES[family].memory_config)
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    max_new_tokens: int = 96
-    limit: int | None = None  # only the first N rows of each split (quick checks, tests)
-    answer_rows: int | None = None  # answers on N rows per split spread evenly (None: every row); losses on all
-    bits: int = 16  # base weights on a GPU: 16 or 4 (NF4); the CPU evaluates in fp32
-    bf16_loss: bool = False  # the loss pass under bf16 autocast on a CPU with native bf16 (the demo)
-
-
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
+    """What `pipeline` (and the demo, over it) runs: the family's spec, its folders, how it evaluates."""
+
     spec: PipelineSpec
-    out: Path
+    out: Path  # the run folder: new, empty, or an earlier run's
     base_model: str | None = None  # default: the recipes' base_model
-    webui: Path | None = None
+    webui: Path | None = None  # also install the bundle and the adapters into this webui
     recipe_overrides: list[str] = field(default_factory=list)  # applied to both recipes
     shipped: dict[str, Path] | None = None  # adapters to use instead of training them (the demo's)
-    evaluation: EvalSettings = field(default_factory=EvalSettings)
-    force_memory: bool = False
+    evaluation: EvaluateSettings = field(default_factory=EvaluateSettings)  # base, adapters, data: filled in
+    force: bool = False  # run even if the plan's memory estimate exceeds the device's free memory
     gpu_memory_gb: float | None = None  # plan for a GPU of this size instead of this machine's device
+    plan_only: bool = False  # print the plan and stop
     label: str = "pipeline"
+
+    @classmethod
+    def from_args(cls, args) -> PipelineSettings:
+        if args.gpu_memory is not None and not args.plan_only:
+            raise ValueError("--gpu-memory plans for another GPU: use it with --plan-only")
+        evaluation = EvaluateSettings(max_new_tokens=args.max_new_tokens, answer_rows=args.answer_rows,
+                                      bits=args.eval_bits)
+        return cls(spec=family_spec(args.family), out=args.out or Path(f"pipeline-{args.family}"),
+                   base_model=args.base, webui=args.webui, recipe_overrides=args.overrides, evaluation=evaluation,
+                   force=args.force, gpu_memory_gb=args.gpu_memory, plan_only=args.plan_only)
 
     def say(self, message: str) -> None:
         print(f"[{self.label}] {message}", flush=True)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--family", required=True, choices=sorted(FAMILY_CONFIGS), help="the model family")
+    parser.add_argument("--family", required=True, choices=sorted(SEVEN_B_FAMILIES), help="the model family")
     parser.add_argument("--base", help="base model folder or hub id (default: the family recipes' base_model)")
     parser.add_argument("--out", type=Path, help="output folder: new, empty, or an earlier run's (default "
                         "pipeline-<family>)")
@@ -105,28 +114,32 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     parser.add_argument("--gpu-memory", type=float, metavar="GB", help="with --plan-only: plan for a GPU of GB "
                         "gigabytes (e.g. 16, 24) instead of this machine's device")
-    parser.add_argument("--force-memory", action="store_true",
+    parser.add_argument("--force", action="store_true",
                         help="run even if the plan's memory estimate exceeds the device's free memory")
+    parser.add_argument("--force-memory", action=DeprecatedFlag, dest="force", nargs=0, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="recipe overrides for both recipes")
 
 
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag (`--force-memory`), kept for one release: sets the new one, says so."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        print(f"warning: {option_string} is deprecated and will be removed in the next release; use {new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
 def run(args) -> int:
-    if args.gpu_memory is not None and not args.plan_only:
-        raise ValueError("--gpu-memory plans for another GPU: use it with --plan-only")
-    spec = family_spec(args.family)
-    settings = PipelineSettings(
-        spec=spec, out=args.out or Path(f"pipeline-{args.family}"), base_model=args.base, webui=args.webui,
-        recipe_overrides=args.overrides, force_memory=args.force_memory, gpu_memory_gb=args.gpu_memory,
-        evaluation=EvalSettings(max_new_tokens=args.max_new_tokens, answer_rows=args.answer_rows, bits=args.eval_bits))
-    run_pipeline(settings, plan_only=args.plan_only)
+    run_pipeline(PipelineSettings.from_args(args))
     return 0
 
 
-def run_pipeline(settings: PipelineSettings, plan_only: bool = False) -> dict | None:
+def run_pipeline(settings: PipelineSettings) -> dict | None:
     check_output(settings.out, replace=True, what="pipeline folder")  # before anything loads
     base = base_model_of(settings)
     show_plan(settings, plan_steps(settings, base))
-    if plan_only:
+    if settings.plan_only:
         return None
     own_folder(settings.out, "pipeline folder")
     adapters = step_adapters(settings, base)
@@ -219,10 +232,10 @@ def _split_rows(split: str) -> list[bytes]:
 
 
 def show_plan(settings: PipelineSettings, steps: list[plan.PlannedStep]) -> None:
-    """Print the plan, then refuse it if a step does not fit the device (unless --force-memory)."""
+    """Print the plan, then refuse it if a step does not fit the device (unless --force)."""
     device = plan.detect_device(settings.gpu_memory_gb)
     settings.say(plan.render_plan(f"plan for {settings.spec.family}", steps, device))
-    plan.check_fits(steps, device, settings.force_memory)
+    plan.check_fits(steps, device, settings.force)
 
 
 def step_adapters(settings: PipelineSettings, base: str) -> dict[str, Path]:
@@ -242,9 +255,14 @@ def step_adapters(settings: PipelineSettings, base: str) -> dict[str, Path]:
     return adapters
 
 
+# the evaluation settings an earlier report must share to be reused (its inputs_sha256)
+DIGESTED = ("max_new_tokens", "limit", "answer_rows", "bits", "bf16_loss")
+
+
 def _inputs_digest(base: str, adapters: dict[str, Path], settings: PipelineSettings) -> str:
-    digest = hashlib.sha256(json.dumps([base, asdict(settings.evaluation)]).encode())
-    weights = [adapter / "adapter_model.safetensors" for adapter in adapters.values()]
+    evaluation = {key: getattr(settings.evaluation, key) for key in DIGESTED}
+    digest = hashlib.sha256(json.dumps([base, evaluation]).encode())
+    weights = [adapter_weights_path(adapter) for adapter in adapters.values()]
     for path in [*weights, *(BUNDLE_ROOT / split for split in SPLITS.values())]:
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
@@ -260,11 +278,8 @@ def step_evaluate(settings: PipelineSettings, base: str, adapters: dict[str, Pat
         settings.say(f"evaluation of the same model, adapters and data already in {report_dir}: reused")
     else:
         settings.say("evaluating base vs adapters on the held-out splits")
-        evaluation = settings.evaluation
-        results = evaluate(base, list(adapters.values()), [str(BUNDLE_ROOT / s) for s in SPLITS.values()],
-                           max_new_tokens=evaluation.max_new_tokens, limit=evaluation.limit,
-                           answer_rows=evaluation.answer_rows, bits=evaluation.bits,
-                           bf16_loss=evaluation.bf16_loss)
+        results = evaluate(replace(settings.evaluation, base=base, adapters=list(adapters.values()),
+                                   data=[str(BUNDLE_ROOT / s) for s in SPLITS.values()]))
         results["inputs_sha256"] = digest
         results["pipeline"] = {"family": settings.spec.family, "base_model": base,
                                "recipes": settings.spec.recipes, "overrides": settings.recipe_overrides,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from training.adapters.fuse import fuse_adapters
+from training.adapters.folder import adapter_weights_path
+from training.adapters.fuse import FuseSettings, fuse_adapters
 from training.adapters.record import TrainingRecord, read_record
 from training.config import load_config
 from training.files import BUNDLE_ROOT, is_ours, sha256_file
@@ -80,7 +81,7 @@ def _rows_changed(recorded: dict, given: str) -> bool:
 def stale_reason(record: TrainingRecord, config, under: Path | None) -> str | None:
     """Why an adapter trained earlier no longer matches its recipe, or None when it still does."""
     if under is not None and (record.stacked_on or {}).get("weights_sha256") != sha256_file(
-            under / "adapter_model.safetensors"):
+            adapter_weights_path(under)):
         return f"it was trained on top of another {under.name}"
     for recorded, given in ((record.dataset, config.data.train),
                             (record.dataset.get("replay"), config.data.replay and config.data.replay.train)):
@@ -96,10 +97,10 @@ def stale_reason(record: TrainingRecord, config, under: Path | None) -> str | No
 
 def fuse_once(sources: list[Path], out_dir: Path, say) -> Path:
     """Fuse the adapters exactly into `out_dir`, or reuse the fused adapter made from the same ones."""
-    if _fused_from(out_dir) == [(str(s), sha256_file(s / "adapter_model.safetensors")) for s in sources]:
+    if _fused_from(out_dir) == [(str(s), sha256_file(adapter_weights_path(s))) for s in sources]:
         say(f"{out_dir} already fused from the same adapters: reused")
         return out_dir
-    result = fuse_adapters(sources, out_dir, name=out_dir.name, replace=True)
+    result = fuse_adapters(FuseSettings(adapters=sources, out=out_dir, name=out_dir.name, replace=True))
     say(f"fused (exact, rank {result.rank}) -> {out_dir}")
     return out_dir
 

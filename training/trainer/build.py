@@ -30,7 +30,7 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
     args = sft_config(config.training, config.work_dir, device, dtype, data.eval is not None, batching.packed)
     score_trained_positions_only()  # the LM head skips prompt and padding positions (see below)
     stopping = [EarlyStoppingCallback(config.training.early_stopping_patience)] if args.load_best_model_at_end else []
-    trainer = Trainer(
+    trainer = LengthGroupedSFTTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -45,7 +45,7 @@ def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, call
     return trainer
 
 
-class Trainer(SFTTrainer):
+class LengthGroupedSFTTrainer(SFTTrainer):
     """TRL's SFTTrainer with our row order for padded batches (training/data/batches.py: LengthGroupedOrder)."""
 
     def _get_train_sampler(self, train_dataset=None):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.adapters.folder import CONFIG_NAME, AdapterError, read_adapter_config
+from training.adapters.folder import CONFIG_NAME, AdapterError, base_model_of, read_adapter_config
 from training.adapters.record import read_record
 from training.families import FAMILIES, family_of_model_type
 
@@ -59,7 +59,7 @@ def read_adapter_info(path: Path) -> AdapterInfo:
     return AdapterInfo(
         name=path.name, path=path, rank=config.get("r"), has_record=True, family=record.family,
         task=record.task, template=record.template_name, preset=record.preset,
-        base_model=record.base_model or config.get("base_model_name_or_path"),
+        base_model=base_model_of(config, record)[0],
         base_shape=record.base_shape or {},
         sources=tuple(Path(s.get("name") or s.get("path", "")).name for s in record.sources),
         fuentes_k=record.fuentes_k,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from training.families import FAMILIES
+from training.families import FAMILIES, SEVEN_B_FAMILIES
 
 from . import webui
 from .adapters import model_family
@@ -79,7 +79,7 @@ def compare_click(question, state, preset, seed, max_new_tokens, greedy):
     blocker = webui.comparison_blocker()
     family = model_family(webui.loaded_model_config() or {})
     if not blocker and family is None:
-        blocker = "el modelo cargado no es de una familia de spanish_ft (mistral, llama2, falcon)"
+        blocker = f"el modelo cargado no es de una familia de spanish_ft ({', '.join(SEVEN_B_FAMILIES)})"
     if blocker:
         webui.logger.warning(f"spanish_ft: {blocker}")
         raise gr.Error(blocker)

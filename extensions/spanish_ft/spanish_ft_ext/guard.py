@@ -124,8 +124,8 @@ def fuse_selection(lora_dir: Path, names: tuple[str, ...]):
     it has a training record) is replaced; any other folder of that name is refused by the output
     rule (training/files.py).
     """
-    from training.adapters.fuse import fuse_adapters
+    from training.adapters.fuse import FuseSettings, fuse_adapters
 
     sources = [_inside(lora_dir, name) for name in names]
     out = _inside(lora_dir, fusion_name(names), must_exist=False)
-    return fuse_adapters(sources, out, weights=None, method="cat", replace=True)
+    return fuse_adapters(FuseSettings(adapters=sources, out=out, method="cat", replace=True))

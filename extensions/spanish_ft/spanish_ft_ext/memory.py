@@ -10,7 +10,8 @@ everything the panel does not ask), so the panel and the CLI agree to the byte. 
 
 from __future__ import annotations
 
-from training.memory.estimate import GIB, Estimate, MemorySettings, estimate
+from training.files import GIB
+from training.memory.estimate import Estimate, MemorySettings, estimate
 
 # (label, method, bits): the scenarios of the table, in the CLI's names.
 SCENARIOS = (

@@ -24,27 +24,35 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from training.adapters.folder import AdapterFolder, open_adapter
 from training.adapters.gguf import layout, vocab
 from training.adapters.gguf.record import QUANTIZE_TYPES, check_output_file, check_type
-from training.adapters.merge import GIB, refuse_quantized_base, require_merge_memory, resolve_base
+from training.adapters.merge import refuse_quantized_base, require_merge_memory, resolve_base
 from training.adapters.record import TrainingRecord, read_record
 from training.families import FAMILIES, family_of_model_type
-from training.files import OutputError, check_output, find_bundle_file, sha256_file
+from training.files import GIB, OutputError, check_output, find_bundle_file, sha256_file
 from training.templates import load_template
 
 DISK_MARGIN_BYTES = 64 << 20  # metadata (a 50k-token vocabulary is a few MB) and the record
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportSettings:
-    adapter: Path
-    out: Path
-    gguf_type: str = "f16"
-    base: str | None = None
+    """What `export-gguf` makes: the adapter merged into its base, written as one GGUF file."""
+
+    adapter: Path  # the adapter folder to merge and export
+    out: Path  # the GGUF file, NAME.gguf: new, or an earlier export of ours with `replace`
+    gguf_type: str = "f16"  # f16, bf16, q8_0 written directly; llama-quantize makes the others
+    base: str | None = None  # base model folder or hub id (default: the adapter's, adapters/folder.py: base_model_of)
     dequantized_nf4: bool = False  # merge into the NF4 round trip of the base, as QLoRA trained against
-    allow_pickle: bool = False
+    allow_pickle: bool = False  # accept adapter_model.bin (pickle) weights
     replace: bool = False  # `out` may be an earlier export of spanish_ft, which is replaced
     webui: Path | None = None  # also place the file (and its record) in this webui's models folder
-    force_memory: bool = False
+    force: bool = False  # run even if available RAM looks too small
     template: Path | None = None  # instruction template YAML for the chat template (default: the adapter's record)
+
+    @classmethod
+    def from_args(cls, args) -> ExportSettings:
+        return cls(adapter=args.adapter, out=args.out, gguf_type=args.gguf_type, base=args.base,
+                   dequantized_nf4=args.dequantized_nf4, allow_pickle=args.allow_pickle, replace=args.replace,
+                   webui=args.webui, force=args.force, template=args.template)
 
     @property
     def merge_dtype(self) -> str:
@@ -99,7 +107,7 @@ def check_inputs(settings: ExportSettings) -> Inputs:
     chat_template = chat_template_source(settings.template, record, family)
     check_disk(settings, config, outputs)
     load_dtype = base_load_dtype(settings, config)
-    require_merge_memory(config, load_dtype, adapter, settings.force_memory,
+    require_merge_memory(config, load_dtype, adapter, settings.force,
                          advice="close other programs, or pass --force to try anyway")
     return Inputs(adapter, record, base, config, arch, quantize, family, sha256_file(adapter.weights_file), load_dtype,
                   tokenizer, chat_template)

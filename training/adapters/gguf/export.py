@@ -51,12 +51,8 @@ from training.adapters.record import library_versions, merged_record
 from training.files import json_text, sha256_file, temp_sibling, user_message, writing
 
 
-def export_gguf(adapter: Path, out: Path, gguf_type: str = "f16", *, base: str | None = None,
-                dequantized_nf4: bool = False, allow_pickle: bool = False, replace: bool = False,
-                webui: Path | None = None, force_memory: bool = False, template: Path | None = None) -> Path:
-    """Write `out` (a .gguf file) and `out`.json; returns `out`. Refusals are ValueErrors naming file and fix."""
-    settings = ExportSettings(Path(adapter), Path(out), gguf_type, base, dequantized_nf4, allow_pickle, replace,
-                              Path(webui) if webui else None, force_memory, Path(template) if template else None)
+def export_gguf(settings: ExportSettings) -> Path:
+    """Write `settings.out` (a .gguf file) and its record; returns it. Refusals are ValueErrors naming file and fix."""
     started = time.monotonic()
     inputs = check_inputs(settings)
     model = load_merged(settings, inputs)
@@ -176,10 +172,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     started = time.monotonic()
-    out = export_gguf(args.adapter, args.out, args.gguf_type, base=args.base, dequantized_nf4=args.dequantized_nf4,
-                      allow_pickle=args.allow_pickle, replace=args.replace, webui=args.webui,
-                      force_memory=args.force, template=args.template)
-    print(f"exported {args.adapter} merged into its base as {out} ({args.gguf_type}, "
+    settings = ExportSettings.from_args(args)
+    out = export_gguf(settings)
+    print(f"exported {settings.adapter} merged into its base as {out} ({settings.gguf_type}, "
           f"{out.stat().st_size / 1e6:.1f} MB, {time.monotonic() - started:.0f} s); record: {record_path(out)}")
     return 0
 

@@ -27,13 +27,15 @@ import gguf
 import numpy as np
 
 from training.adapters.gguf import gemma3
+from training.families import FAMILIES
 
 LLAMA, FALCON, GEMMA3 = gguf.MODEL_ARCH.LLAMA, gguf.MODEL_ARCH.FALCON, gguf.MODEL_ARCH.GEMMA3
-ARCHITECTURES = {"LlamaForCausalLM": LLAMA, "MistralForCausalLM": LLAMA, "FalconForCausalLM": FALCON,
-                 "Gemma3ForCausalLM": GEMMA3}
+_ARCH_BY_NAME = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
+# transformers class -> llama.cpp architecture, from the family table (families.py: gguf_architecture)
+ARCHITECTURES = {family.architecture: _ARCH_BY_NAME[family.gguf_architecture] for family in FAMILIES.values()}
 # a config without `architectures` names its class by model_type
-CLASS_OF_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "falcon": "FalconForCausalLM",
-                       "gemma3_text": "Gemma3ForCausalLM"}
+CLASS_OF_MODEL_TYPE = {model_type: family.architecture for family in FAMILIES.values()
+                       for model_type in family.model_types}
 # the GGUF file type, and the tensor type of its 2-D tensors
 FILE_TYPES = {
     "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),

@@ -29,12 +29,15 @@ import json
 
 import gguf
 
-LLAMA_STYLE, BYTE_LEVEL = "llama", "gpt2"
+# llama.cpp's vocabulary kinds and pre-tokenizers are named after the architectures that brought them (its names,
+# not the bundle's families): its "llama" vocabulary is sentencepiece-style, its "falcon" pre-tokenizer Falcon's
+LLAMA_STYLE, BYTE_LEVEL = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], "gpt2"
+FALCON_PRE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.FALCON]
 # sha256 of "\n".join(tokens by id) -> llama.cpp pre-tokenizer; SmolLM2 (the CPU demo model) splits digits
 KNOWN_VOCABULARIES = {"d1f2ce856b324081b621d9e2e8dbd22879f462329f3fd4aa39fa758dddb2ce55": "smollm"}
 # the pre-tokenizer steps of a byte-level tokenizer.json -> llama.cpp pre-tokenizer
 PRE_BY_STEPS = {("ByteLevel",): "gpt-2", ("Digits", "ByteLevel"): "smollm",
-                ("Punctuation", "ByteLevel", "Digits"): "falcon", ("Punctuation", "Digits", "ByteLevel"): "falcon"}
+                ("Punctuation", "ByteLevel", "Digits"): FALCON_PRE, ("Punctuation", "Digits", "ByteLevel"): FALCON_PRE}
 TOKEN = gguf.TokenType
 
 
