@@ -40,11 +40,12 @@ TEMP_SUFFIX = f".{NAME}-tmp"
 SKIP_DIRS = {"__pycache__"}
 # The parts of the bundle's training/ package that the extension imports, directly or through one
 # another: these modules, and the .py/.json files below these folders (memory/configs/*.json are the
-# estimator's shipped model configs). Nothing else of training/ goes into the webui;
+# estimator's shipped model configs); and __main__.py, the one command table, which the extension runs
+# as `python -m training export-gguf` in a subprocess. Nothing else of training/ goes into the webui;
 # tests/test_install.py follows the extension's imports with ast to check this list.
-EXTENSION_TRAINING = ("__init__.py", "families.py", "templates.py", "files.py", "safeyaml.py", "userdata.py",
-                      "strict_json.py", "sandbox.py", "adapters", "memory", "retrieval", "datasets/__init__.py",
-                      "datasets/citations.py", "datasets/corpus", "datasets/leyes-ec/corpus")
+EXTENSION_TRAINING = ("__init__.py", "__main__.py", "families.py", "templates.py", "files.py", "safeyaml.py",
+                      "userdata.py", "strict_json.py", "sandbox.py", "adapters", "memory", "retrieval",
+                      "datasets/__init__.py", "datasets/citations.py", "datasets/corpus", "datasets/leyes-ec/corpus")
 TRAINING_SUFFIXES = {".py", ".json", ".jsonl"}  # .jsonl: the law corpus Fuentes reads (datasets/leyes-ec/corpus)
 CHUNK_BYTES = 1 << 20
 EXIT_OK, EXIT_KEPT, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3

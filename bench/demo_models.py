@@ -41,7 +41,7 @@ def losses(model_dir: Path, adapter: Path, template_path: Path, limit: int | Non
     """{split: {"base": scores, "fusionado": scores}} from the evaluation's loss pass (fp32)."""
     from tqdm import tqdm
 
-    from training.evaluate.compare import load_model_with_adapters, load_task, loss_in_steps
+    from training.evaluate.evaluate import load_model_with_adapters, load_task, loss_in_steps
     from training.evaluate.generate import active_variant
     from training.templates import load_template
 

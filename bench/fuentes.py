@@ -68,7 +68,7 @@ def unanswerable(base: str, adapter: str, max_new_tokens: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     from training.adapters.folder import load_peft_adapter, open_adapter
-    from training.evaluate.compare import adapter_template, load_base_tokenizer
+    from training.evaluate.evaluate import adapter_template, load_base_tokenizer
     from training.evaluate.generate import generate_answers
     from training.templates import load_template
 

@@ -202,7 +202,7 @@ def answer_loss_worker(name: str, model_dir: str, work: Path) -> dict:
 
     import torch
 
-    from training.evaluate.compare import load_task
+    from training.evaluate.evaluate import load_task
     from training.evaluate.generate import answer_loss
     from training.model.load import load_base_model, load_tokenizer
     from training.templates import load_template

@@ -24,11 +24,11 @@ def main(penalties: list[float]) -> None:
     import sacrebleu
 
     from training.datasets.citations import cites
-    from training.evaluate.compare import adapter_template, load_model_with_adapters
+    from training.evaluate.evaluate import adapter_template, load_model_with_adapters
     from training.evaluate.generate import active_variant, generate_answers
     from training.templates import load_template
 
-    from training.demo.run import DEMO_MODEL
+    from training.demo.demo import DEMO_MODEL
 
     fused = BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado"
     template = load_template(adapter_template([fused], None))

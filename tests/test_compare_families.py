@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from training.__main__ import main
-from training.evaluate.compare import answered_rows
+from training.evaluate.evaluate import answered_rows
 from training.families import FAMILIES
 
 TASKS = ("instrucciones", "leyes-ec", "fusionado")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from training.adapters.record import TrainingRecord, read_record
-from training.demo.run import DEMO_MODEL, DEMO_SPEC, DemoSettings, run_demo
+from training.demo.demo import DEMO_MODEL, DEMO_SPEC, DemoSettings, run_demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
 
 def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
     from training.config import load_config
-    from training.demo.run import BUNDLE, DEMO_SPEC
+    from training.demo.demo import BUNDLE, DEMO_SPEC
     from training.files import sha256_file
     from training.pipeline.steps import stale_reason
 
@@ -108,7 +108,7 @@ def test_a_demo_adapter_is_trained_again_when_its_rows_or_its_recipe_change():
 def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset():
     import yaml
 
-    from training.demo.run import BUNDLE, DEMO_MODEL, preset_repetition_penalty
+    from training.demo.demo import BUNDLE, DEMO_MODEL, preset_repetition_penalty
 
     fused = BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado"
     name, penalty = preset_repetition_penalty(fused)
@@ -119,7 +119,7 @@ def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset()
 
 
 def test_a_demo_folder_of_an_earlier_version_is_adopted_and_a_foreign_one_is_not(tmp_path):
-    from training.demo.run import adopt_earlier_demo_folder
+    from training.demo.demo import adopt_earlier_demo_folder
     from training.files import is_ours
 
     earlier = tmp_path / "demo-output"  # a SmolLM2-era demo folder (spanish_ft 0.1)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.adapters.record import RECORD_NAME
 from training.data.tokens import webui_encode
-from training.evaluate.compare import EvaluateSettings, adapter_template, evaluate
+from training.evaluate.evaluate import EvaluateSettings, adapter_template, evaluate
 from training.evaluate.generate import active_variant, answer_loss, generate_answers
 from training.evaluate.report import write_report
 from training.model.load import choose_pad_token
@@ -189,7 +189,7 @@ def test_adapter_template_refuses_disagreeing_or_missing_templates(tmp_path):
 
 
 def test_citation_scores_split_questions_naming_the_article_from_questions_to_recall():
-    from training.evaluate.compare import TaskData, citation_scores, names_its_article
+    from training.evaluate.evaluate import TaskData, citation_scores, names_its_article
 
     constitution = {"norma": "Constitución de la República del Ecuador", "articulo": "71"}
     coip = {"norma": "Código Orgánico Integral Penal", "articulo": "144"}

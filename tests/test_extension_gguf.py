@@ -2,7 +2,7 @@
 
 Without a webui: the logic of spanish_ft_ext/gguf.py, and the Adaptador tab's handlers with the webui
 module's readers replaced (a fake `modules.shared` only lets them import). The export really runs,
-as the extension runs it: `python -m training.adapters.gguf` in a subprocess.
+as the extension runs it: `python -m training export-gguf` in a subprocess.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "extensions" / "spanish_ft"))
 from spanish_ft_ext import gguf as ext_gguf  # noqa: E402
 from spanish_ft_ext.profile import WebuiPaths, resolve_profile  # noqa: E402
 
-from training.adapters.gguf.record import read_gguf_record, record_path  # noqa: E402
+from training.adapters.gguf.file_record import read_gguf_record, record_path  # noqa: E402
 from training.families import FAMILIES  # noqa: E402
 
 TEMPLATES = sorted(p.stem for p in (ROOT / "instruction-templates").glob("*.yaml"))

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from training.__main__ import main
 from training.adapters.gguf import export
 from training.adapters.gguf.export import ExportSettings, export_gguf
-from training.adapters.gguf.record import METADATA_KEYS, NOTICE_KEY, read_gguf_record, record_path
+from training.adapters.gguf.file_record import METADATA_KEYS, NOTICE_KEY, read_gguf_record, record_path
 from training.families import FAMILIES, GEMMA_TERMS_URL, notice_of
 from training.files import sha256_file
 from training.templates import load_template

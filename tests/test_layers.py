@@ -1,18 +1,23 @@
-"""The training package's layering, read from its own imports with `ast` (imports inside functions count).
+"""The training package's layering, read from its own imports with `ast` (imports inside functions count),
+and the map that describes it: training/__init__.py and README's "The map of `training/`" name every
+module in the layer LAYERS gives it.
 
-Bottom to top (README "The map", training/__init__.py): the foundation (config, families,
-templates, files) -> data/, adapters/, memory/, datasets/ (each only over the foundation) ->
-model/, retrieval/ (the article search over datasets/' law corpus) -> trainer/, evaluate/ -> train -> pipeline/ -> demo/ -> __main__ (which imports one command at a time).
+Bottom to top: the foundation (config, families, templates, files and the readers of user files) ->
+data/, adapters/, memory/, datasets/ (each only over the foundation) -> model/, retrieval/ (the article
+search over datasets/' law corpus) -> trainer/, evaluate/ -> train -> pipeline/ -> demo/ -> __main__
+(which imports one command at a time).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-TRAINING = Path(__file__).resolve().parents[1] / "training"
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING = ROOT / "training"
 FOUNDATION = {"training", "training.config", "training.families", "training.templates", "training.files",
               "training.safeyaml", "training.userdata", "training.sandbox", "training.strict_json"}
 LAYERS = [
@@ -104,11 +109,11 @@ def test_no_import_cycle():
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     module = tmp_path / "training" / "data" / "x.py"
     module.parent.mkdir(parents=True)
-    module.write_text("def f():\n    from training.train import train\n    from ..demo import run\n", encoding="utf-8")
+    module.write_text("def f():\n    from training.train import train\n    from ..demo import demo\n", encoding="utf-8")
     global TRAINING
     saved, TRAINING = TRAINING, tmp_path / "training"
     try:
-        assert imported_modules(module) >= {"training.train", "training.demo", "training.demo.run"}
+        assert imported_modules(module) >= {"training.train", "training.demo", "training.demo.demo"}
     finally:
         TRAINING = saved
     assert layer_of("training.train") > layer_of("training.data.x")
@@ -122,3 +127,56 @@ def test_training_has_at_most_twelve_top_level_modules():
 @pytest.mark.parametrize("package", sorted(p.name for p in TRAINING.iterdir() if (p / "__init__.py").is_file()))
 def test_the_map_names_every_subpackage(package):
     assert f"{package}/" in (TRAINING / "__init__.py").read_text(encoding="utf-8")
+
+
+def package_map() -> dict[str, tuple[int, str]]:
+    """{entry (`files.py`, `data/`): (layer, description)} from training/__init__.py's map."""
+    entries, current = {}, None
+    for line in (TRAINING / "__init__.py").read_text(encoding="utf-8").splitlines():
+        found = re.match(r"(\d) (\S+\.py|\S+/)\s{2,}(.*)", line)
+        if found:
+            current = found[2]
+            entries[current] = (int(found[1]), found[3])
+        elif current and line.startswith(" " * 10) and line.strip():
+            layer, text = entries[current]
+            entries[current] = (layer, f"{text} {line.strip()}")
+        else:
+            current = None
+    return entries
+
+
+def readme_map() -> dict[str, tuple[int, str]]:
+    """{entry: (layer, the row's text)} from README's table "The map of `training/`"."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### The map of `training/`", 1)[1]
+    entries = {}
+    for row in re.findall(r"^\| (\d)[^|]*\| ([^|]*)\| (.*)\|$", section.split("\n\n", 3)[2], flags=re.MULTILINE):
+        for entry in re.findall(r"`([^`]+(?:\.py|/))`", row[1]):
+            entries[entry] = (int(row[0]), row[2])
+    return entries
+
+
+def entry_of(module: str) -> str:
+    """The map entry of a module: `files.py` for training.files, `adapters/` for training.adapters.gguf.x."""
+    parts = module.split(".")[1:]
+    return parts[0] + ("/" if (TRAINING / parts[0]).is_dir() else ".py")
+
+
+def layer_number(entry: str) -> int:
+    return layer_of("training." + entry.removesuffix(".py").removesuffix("/")) + 1
+
+
+@pytest.mark.parametrize("described", [package_map, readme_map], ids=["training/__init__.py", "README"])
+def test_the_map_names_every_module_in_its_layer(described):
+    entries = described()
+    tops = {entry_of(name) for name in graph() if name != "training"}
+    assert set(entries) == tops
+    assert {entry: layer for entry, (layer, _) in entries.items()} == {entry: layer_number(entry) for entry in tops}
+    unnamed = [name for name in graph() if name.count(".") > 1
+               for leaf in [name.rpartition(".")[2]] if f"`{leaf}`" not in entries[entry_of(name)][1]
+               and f"{leaf}/" not in entries[entry_of(name)][1]]
+    assert not unnamed, f"modules {described.__name__} does not name (as `module`): {unnamed}"
+
+
+def test_the_two_maps_list_the_entries_in_the_same_order():
+    assert list(package_map()) == list(readme_map())
+    assert [layer for layer, _ in package_map().values()] == sorted(layer for layer, _ in package_map().values())

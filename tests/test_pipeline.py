@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from test_train import InterruptAfterSave
 
+from training import config
 from training.__main__ import main
 from training.adapters.record import read_record
-from training.evaluate.across import compare_runs, load_run
-from training.evaluate.compare import EvaluateSettings
+from training.evaluate.compare import compare_runs, load_run
+from training.evaluate.evaluate import EvaluateSettings
 from training.families import FAMILIES
 from training.pipeline import plan
-from training.pipeline.run import PipelineSettings, family_spec, run_pipeline
+from training.pipeline.pipeline import PipelineSettings, family_spec, run_pipeline
 
 TINY_RUN = ["training.max_steps=2", "training.batch_size=2", "training.eval_steps=1", "training.save_steps=1",
             "training.logging_steps=1", "dataset.max_tokens=400", "lora.rank=4", "training.report_to=none"]
@@ -29,14 +32,25 @@ def tiny_settings(family: str, base, out, *overrides: str, **fields) -> Pipeline
                             recipe_overrides=[*TINY_RUN, *overrides], evaluation=QUICK_EVAL, **fields)
 
 
+RECIPE_READS: dict[str, Counter] = {}  # family: how often its run parsed each recipe file (family_runs)
+
+
 @pytest.fixture(scope="module")
 def family_runs(tiny_model_dirs, tmp_path_factory):
-    """{family: (settings, results)} of one pipeline run per family on its tiny model."""
+    """{family: (settings, results)} of one pipeline run per family on its tiny model; RECIPE_READS counts
+    the recipe files each run parsed."""
     root = tmp_path_factory.mktemp("pipeline")
     runs = {}
     for family in ("mistral", "llama2", "falcon"):
         settings = tiny_settings(family, tiny_model_dirs[family], root / family)
-        runs[family] = settings, run_pipeline(settings)
+        reads = RECIPE_READS.setdefault(family, Counter())
+        with pytest.MonkeyPatch.context() as patch:
+            def counted(path, what, real=config.parse_yaml, reads=reads):
+                reads[Path(path).name] += what == "recipe"
+                return real(path, what)
+
+            patch.setattr(config, "parse_yaml", counted)
+            runs[family] = settings, run_pipeline(settings)
     return runs
 
 
@@ -61,6 +75,13 @@ def test_one_command_trains_stacks_fuses_and_evaluates_each_family(family, famil
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_run_parses_each_recipe_once(family_runs):
+    """Plan, base model, both trainings: every config of a run is built from one reading of each recipe."""
+    for family, (settings, _) in family_runs.items():
+        assert RECIPE_READS[family] == Counter(Path(recipe).name for recipe in settings.spec.recipes.values())
+
+
 def test_a_second_run_reuses_every_step(family_runs, capsys):
     settings, _ = family_runs["falcon"]
     capsys.readouterr()
@@ -102,7 +123,7 @@ def test_an_interrupted_training_continues_from_its_checkpoint(tiny_model_dirs, 
 
 
 def test_the_plan_comes_first_and_a_plan_that_does_not_fit_is_refused(tiny_model_dirs, tmp_path, monkeypatch, capsys):
-    import training.pipeline.run as pipeline_run
+    import training.pipeline.pipeline as pipeline_run
 
     tiny_cpu = plan.Device("cpu", "a small CPU", 1 << 20, 1 << 20)
     monkeypatch.setattr(plan, "detect_device", lambda gpu_memory_gb=None: tiny_cpu)

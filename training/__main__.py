@@ -1,7 +1,10 @@
 """Command line of the bundle: `python -m training COMMAND --help` explains each command.
 
-Each command lives in the module named after what it does; that module exposes
-`add_arguments(parser)` and `run(args) -> int`. Only the module of the command that runs is
+Each command lives in a module (or package) named after it, and no module is named after a command it
+does not run (tests/test_names.py; `render` is what templates.py does). That module exposes
+`add_arguments(parser)` and `run(args) -> int`; an artefact command's `run` builds its one settings
+object from the arguments (`...Settings.from_args`). The webui extension runs `export-gguf` through
+this table too: install.py copies this file beside it. Only the module of the command that runs is
 imported, so `render`, `memory` and `validate-data` work without torch installed.
 
 Exit codes: 0 done, 1 refused or failed (the message says what, where and how to fix it),
@@ -30,12 +33,13 @@ COMMANDS = {
     "merge": ("training.adapters.merge", "fold an adapter into a 16-bit copy of its base model"),
     "build-llama-cpp": ("training.adapters.gguf.llamacpp", "build llama.cpp's llama-quantize and llama-server"),
     "export-gguf": ("training.adapters.gguf.export", "export an adapter merged into its base as a GGUF file"),
-    "evaluate": ("training.evaluate.compare", "compare the base model and adapters on held-out data"),
+    "evaluate": ("training.evaluate.evaluate", "compare the base model and adapters on held-out data"),
     "memory": ("training.memory.report", "estimate memory for inference and training from a model config"),
     "fetch-demo-model": ("training.demo.model", "write the CPU demo model (Gemma-3-270M) as an HF folder"),
-    "demo": ("training.demo.run", "the CPU demo: demo model, adapters, evaluation, webui install"),
-    "pipeline": ("training.pipeline.run", "one family end to end: plan, train both adapters, fuse, evaluate, install"),
-    "compare": ("training.evaluate.across", "one report across families from their pipeline runs, no retraining"),
+    "demo": ("training.demo.demo", "the CPU demo: demo model, adapters, evaluation, webui install"),
+    "pipeline": ("training.pipeline.pipeline",
+                 "one family end to end: plan, train both adapters, fuse, evaluate, install"),
+    "compare": ("training.evaluate.compare", "one report across families from their pipeline runs, no retraining"),
     "validate-data": ("training.datasets.validate", "check the shipped datasets (format, duplicates, citations)"),
     "derive-questions": ("training.datasets.derive", "add article-named questions to a leyes-ec dataset folder"),
     "corpus": ("training.datasets.corpus.build", "build the law corpus (one JSONL row per article) from a norm's PDF"),

@@ -152,15 +152,20 @@ def load_schema() -> dict:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read, override, validate and resolve a recipe; raise ConfigError listing every mistake."""
-    recipe = read_recipe(path)
+    return config_from_recipe(read_recipe(path), str(path), overrides)
+
+
+def config_from_recipe(recipe: dict, source: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A recipe read once (read_recipe from `source`), overridden, validated and resolved; the recipe itself is
+    left as it was, so one reading serves several configs (the pipeline's). ConfigError lists every mistake."""
     recipe, errors = apply_overrides(recipe, overrides)
     errors += text_errors(recipe) + validate(recipe)
     if not errors:
         recipe = fill_defaults(recipe)
         errors += check_consistency(recipe)
     if errors:
-        raise ConfigError(str(path), errors)
-    return build_config(recipe, source=str(path))
+        raise ConfigError(source, errors)
+    return build_config(recipe, source=source)
 
 
 def check_recipe_arguments(arguments: list[str]) -> None:

@@ -52,11 +52,11 @@ def no_loading(monkeypatch):
 
     import training.adapters.fuse as fuse
     import training.adapters.merge as merge
-    import training.evaluate.compare as compare
+    import training.evaluate.evaluate as evaluation
     import training.train as train
 
     for module, name in [(train, "load_tokenizer"), (train, "prepare_data"), (fuse, "open_fusable"),
-                         (merge.AutoConfig, "from_pretrained"), (compare, "load_model_with_adapters")]:
+                         (merge.AutoConfig, "from_pretrained"), (evaluation, "load_model_with_adapters")]:
         monkeypatch.setattr(module, name, loaded)
 
 

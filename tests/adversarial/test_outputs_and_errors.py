@@ -42,7 +42,7 @@ SIZE_LIMIT_BYTES = 1024  # above a marker and a lock, below a record, a report o
 def no_loading(monkeypatch):
     """Fail if a command loads a model, trains or evaluates before its checks are done."""
     import training.adapters.gguf.export as export
-    import training.pipeline.run as pipeline_run
+    import training.pipeline.pipeline as pipeline_run
 
     def loaded(*args, **kwargs):
         raise AssertionError("work started before every path was checked")
@@ -189,7 +189,7 @@ def test_pipeline_plan_only_reports_the_same_refusal(kit, tmp_path, capsys):
 
 
 def test_demo_refuses_a_webui_that_is_a_file_before_any_step(tmp_path, capsys, monkeypatch):
-    import training.demo.run as demo
+    import training.demo.demo as demo
 
     monkeypatch.setattr(demo, "fetch_demo_model", lambda *a, **k: pytest.fail("the demo model was fetched"))
     monkeypatch.setattr(demo, "step_adapters", lambda *a, **k: pytest.fail("a step ran"))

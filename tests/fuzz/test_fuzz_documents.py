@@ -86,7 +86,7 @@ def report(family: str) -> dict:
 
 @given(document=mutated(report("llama2")))
 def test_a_report_is_read_and_compared_or_refused_by_name(tmp_path, document):
-    from training.evaluate.across import build_comparison, load_run, mismatches, render_comparison
+    from training.evaluate.compare import build_comparison, load_run, mismatches, render_comparison
     from training.evaluate.report import render_markdown
 
     path = write_json(tmp_path / "report.json", document)

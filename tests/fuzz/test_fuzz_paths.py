@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adversarial"))
 from harness import fingerprint, make_adapter, write_rows  # noqa: E402
 
 from training.__main__ import main  # noqa: E402
-from training.adapters.gguf.record import check_output_file, record_path  # noqa: E402
+from training.adapters.gguf.file_record import check_output_file, record_path  # noqa: E402
 from training.adapters.record import RECORD_NAME  # noqa: E402
 from training.files import OUTPUT_MARKER, OutputError, atomic_output_dir, check_output, is_ours  # noqa: E402
 
@@ -170,12 +170,12 @@ def adapters(tiny_model_dirs, tmp_path_factory) -> dict:
 def stop_at_work(monkeypatch):
     import training.adapters.fuse as fuse
     import training.adapters.gguf.checks as checks
-    import training.evaluate.compare as compare
+    import training.evaluate.evaluate as evaluation
 
     def reached(*args, **kwargs):
         raise Reached()
 
-    for module, name in [(fuse, "open_fusable"), (compare, "evaluate"), (checks, "find_llama_quantize"),
+    for module, name in [(fuse, "open_fusable"), (evaluation, "evaluate"), (checks, "find_llama_quantize"),
                          (checks, "open_adapter")]:
         monkeypatch.setattr(module, name, reached)
 

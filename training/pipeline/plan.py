@@ -181,7 +181,7 @@ def evaluation_time(loss_rows: int, answers: int, params: int, device: Device, e
     per_row, row_reference = SECONDS_PER_LOSS_ROW[device.kind]
     max_new_tokens = evaluation.max_new_tokens
     if evaluation.bf16_loss and device.kind == "cpu" and cpu_has_native_bf16():
-        per_row /= BF16_LOSS_SPEEDUP  # training/evaluate/compare.py: loss_dtype
+        per_row /= BF16_LOSS_SPEEDUP  # training/evaluate/evaluate.py: loss_dtype
     per_answer, reference, new_tokens = SECONDS_PER_ANSWER[device.kind]
     per_row *= params / row_reference
     per_answer *= params / reference * max_new_tokens / new_tokens

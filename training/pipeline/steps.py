@@ -17,7 +17,7 @@ from pathlib import Path
 from training.adapters.folder import adapter_weights_path
 from training.adapters.fuse import FuseSettings, fuse_adapters
 from training.adapters.record import TrainingRecord, read_record
-from training.config import load_config
+from training.config import config_from_recipe
 from training.files import BUNDLE_ROOT, is_ours, sha256_file
 from training.train import train
 
@@ -27,16 +27,14 @@ FUSED = "fusionado"
 STACKED_ON = {"leyes-ec": "instrucciones"}
 
 
-def adapter_overrides(base_model: str, out_dir: Path, under: Path | None, extra: list[str]) -> list[str]:
-    """The recipe overrides that point one training at the pipeline's base model and folders."""
-    overrides = [f"base_model={base_model}", f"output_dir={out_dir}", *extra]
-    return [*overrides, f"lora.stack_on={under}"] if under is not None else overrides
+def train_adapter(recipe: dict, source: str, overrides: list[str], under: Path | None, say) -> Path:
+    """Train one adapter (on top of `under` when given), or reuse or resume the one trained before.
 
-
-def train_adapter(recipe: Path, out_dir: Path, overrides: list[str], under: Path | None, say) -> Path:
-    """Train one adapter (on top of `under` when given), or reuse or resume the one trained before."""
+    `recipe`: the recipe as read once from `source` (config.read_recipe), with the pipeline's `overrides`.
+    """
+    config = config_from_recipe(recipe, source, overrides)
+    out_dir = config.output_dir
     task = out_dir.name
-    config = load_config(recipe, overrides)
     record = read_record(out_dir) if out_dir.is_dir() else None
     stale = record is not None and stale_reason(record, config, under)
     if record is not None and not stale:
@@ -49,8 +47,8 @@ def train_adapter(recipe: Path, out_dir: Path, overrides: list[str], under: Path
         shutil.rmtree(work_dir, ignore_errors=True)  # its checkpoints belong to the old run
     elif any(work_dir.glob("checkpoint-*")):
         say(f"continuing the interrupted training of {task} from its last checkpoint in {work_dir}")
-        config = load_config(recipe, [*overrides, "resume=true"])
-    say(f"training {task} with QLoRA: {recipe} {' '.join(overrides)}")
+        config = config_from_recipe(recipe, source, [*overrides, "resume=true"])
+    say(f"training {task} with QLoRA: {source} {' '.join(overrides)}")
     return train(config, replace=True)  # the folder under --out is the pipeline's own
 
 

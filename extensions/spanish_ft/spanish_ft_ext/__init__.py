@@ -6,7 +6,7 @@ webui's Python (besides the `training` package that install.py copies beside it)
     adapters.py     adapter folders of the LoRA menu and their training records; base-model checks
     profile.py      an adapter's template, preset and mode, and when to apply them
     guard.py        the multi-adapter guard and the exact fusion it offers
-    compare.py      one question answered by the base model and each adapter of its family
+    comparison.py   one question answered by the base model and each adapter of its family
     memory.py       the memory table, from training.memory's estimator
     gguf.py         "Exportar a GGUF" (the export in a subprocess) and recognising an exported GGUF model
     startup.py      console checks at start-up and before each generation

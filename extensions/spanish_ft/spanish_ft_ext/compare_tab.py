@@ -4,7 +4,7 @@ Every variant (base model, then each bundle adapter of the loaded model's family
 with the same instruction template (the family's), the same preset and the same seed,
 through the webui's own prompt builder and generate_reply; the user's adapters are
 restored afterwards. The answers are shown as columns and exported as a Markdown file.
-The orchestration is compare.py's; this file holds the tab's widgets and its handler.
+The orchestration is comparison.py's; this file holds the tab's widgets and its handler.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from training.families import FAMILIES, SEVEN_B_FAMILIES
 
 from . import webui
 from .adapters import model_family
-from .compare import comparison_markdown, comparison_variants, run_comparison
+from .comparison import comparison_markdown, comparison_variants, run_comparison
 from .profile import INSTRUCT_MODE, Profile
 
 

@@ -1,11 +1,11 @@
 """GGUF export from the webui, and recognising an exported GGUF model when the llama.cpp loader loads it.
 
-The export runs `python -m training.adapters.gguf` in a subprocess with the webui's own Python: it
+The export runs `python -m training export-gguf` in a subprocess with the webui's own Python: it
 merges a model and must not run inside the webui's process (memory, torch threads), and a crash or a
 refusal there leaves the webui as it was. It runs only where the bundle's `training` package (the
 copy install.py puts beside the extension, or a checkout) has the export module and the `gguf`
 package is installed; otherwise `export_blocker` says, in Spanish, the command to run by hand.
-An exported file carries its record `FILE.gguf.json` (training/adapters/gguf/record.py): its family,
+An exported file carries its record `FILE.gguf.json` (training/adapters/gguf/file_record.py): its family,
 template and preset become an `AdapterInfo`, so the profile logic treats a loaded GGUF model like
 an active adapter. No webui needed:
 
@@ -23,11 +23,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.adapters.gguf.record import METADATA_KEYS, read_gguf_record
+from training.adapters.gguf.file_record import METADATA_KEYS, read_gguf_record
 
 from .adapters import AdapterInfo
 
-EXPORT_MODULE = "training.adapters.gguf"
+# the bundle's one command table (training/__main__.py, copied beside the extension by install.py) and its command
+EXPORT_COMMAND = ("training", "export-gguf")
 # offered in the tab, most useful first (q4_k_m needs llama.cpp's llama-quantize)
 MENU_TYPES = ("q8_0", "q4_k_m", "f16", "bf16")
 
@@ -51,7 +52,8 @@ def export_blocker(adapter: str, out: Path, gguf_type: str) -> str:
     """Why the webui cannot run the export ('' when it can), with the command to run by hand, in Spanish."""
     root = training_root()
     missing = []
-    if root is None or not (root / "training" / "adapters" / "gguf" / "__main__.py").is_file():
+    needed = (Path("training", "__main__.py"), Path("training", "adapters", "gguf", "export.py"))
+    if root is None or not all((root / path).is_file() for path in needed):
         missing.append("el módulo de exportación de spanish_ft (vuelve a instalar: python install.py --webui ...)")
     if importlib.util.find_spec("gguf") is None:
         missing.append("el paquete gguf (pip install gguf)")
@@ -72,7 +74,7 @@ def export_command(adapter_path: Path, out: Path, gguf_type: str, template: Path
     root = training_root()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-m", EXPORT_MODULE, str(adapter_path), "--out", str(out), "--type", gguf_type]
+    argv = [sys.executable, "-m", *EXPORT_COMMAND, str(adapter_path), "--out", str(out), "--type", gguf_type]
     return argv + (["--template", str(template)] if template else []) + (["--base", str(base)] if base else []), env
 
 

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from training.adapters.folder import AdapterFolder, open_adapter
 from training.adapters.gguf import layout, vocab
-from training.adapters.gguf.record import QUANTIZE_TYPES, check_output_file, check_type
+from training.adapters.gguf.file_record import QUANTIZE_TYPES, check_output_file, check_type
 from training.adapters.merge import refuse_quantized_base, require_merge_memory, resolve_base
 from training.adapters.record import TrainingRecord, read_record
 from training.families import FAMILIES, family_of_model_type

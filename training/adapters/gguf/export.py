@@ -26,10 +26,8 @@ A failure to write names the file and the likely cause (training/files.py: writi
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from training.adapters.gguf.checks import ExportSettings, Inputs, check_inputs, models_folder
-from training.adapters.gguf.record import (
+from training.adapters.gguf.file_record import (
     GGUF_TYPES,
     MADE_BY,
     check_output_file,
@@ -48,7 +46,7 @@ from training.adapters.gguf.record import (
 from training.adapters.gguf.writer import write_gguf
 from training.adapters.merge import merged_model
 from training.adapters.record import library_versions, merged_record
-from training.files import json_text, sha256_file, temp_sibling, user_message, writing
+from training.files import json_text, sha256_file, temp_sibling, writing
 
 
 def export_gguf(settings: ExportSettings) -> Path:
@@ -177,31 +175,3 @@ def run(args) -> int:
     print(f"exported {settings.adapter} merged into its base as {out} ({settings.gguf_type}, "
           f"{out.stat().st_size / 1e6:.1f} MB, {time.monotonic() - started:.0f} s); record: {record_path(out)}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m training.adapters.gguf ...`: how the webui extension runs the export from the copy of
-    training/ that install.py puts beside it (which has no training/__main__.py)."""
-    parser = argparse.ArgumentParser(prog="python -m training.adapters.gguf", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # the extension stops an export with SIGTERM: clean up first
-    try:
-        return run(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        message = user_message(err)
-        if message is None:
-            raise  # a bug of ours: its traceback
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was left behind", file=sys.stderr)
-        return 130
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from training.adapters.gguf import layout, vocab
 from training.adapters.gguf.checks import ExportSettings, Inputs
-from training.adapters.gguf.record import METADATA_KEYS, NOTICE_KEY, licence_of
+from training.adapters.gguf.file_record import METADATA_KEYS, NOTICE_KEY, licence_of
 from training.families import FAMILIES
 
 

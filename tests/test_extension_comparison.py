@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "extensions" / "spanish_ft"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "webui"))
 
 from spanish_ft_ext.adapters import scan_adapters  # noqa: E402
-from spanish_ft_ext.compare import (  # noqa: E402
+from spanish_ft_ext.comparison import (  # noqa: E402
     BASE_LABEL,
     Variant,
     comparison_markdown,
@@ -145,7 +145,7 @@ def test_restore_runs_even_when_the_comparison_is_interrupted():
 
 
 def test_markdown_export_has_question_settings_every_variant_and_escapes_table_cells():
-    from spanish_ft_ext.compare import VariantResult
+    from spanish_ft_ext.comparison import VariantResult
 
     results = [VariantResult(Variant(BASE_LABEL, ()), "a | b\nc", 1.234, 0.0),
                VariantResult(Variant("x", ("x",)), "", 0.5, 0.25, "falló la generación: E: e")]

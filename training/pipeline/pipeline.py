@@ -35,14 +35,14 @@ from pathlib import Path
 
 from training.adapters.folder import adapter_weights_path
 from training.adapters.record import RECORD_NAME
-from training.config import load_config
-from training.evaluate.compare import EvaluateSettings, evaluate, positive_rows
+from training.config import RunConfig, config_from_recipe, read_recipe
+from training.evaluate.evaluate import EvaluateSettings, evaluate, positive_rows
 from training.evaluate.report import REPORT, earlier_report, render_markdown, write_report
 from training.families import FAMILIES, SEVEN_B_FAMILIES
 from training.files import BUNDLE_ROOT, check_output, own_folder, sha256_file
 from training.memory.arch import architecture_of
 from training.pipeline import plan
-from training.pipeline.steps import FUSED, STACKED_ON, TASKS, adapter_overrides, fuse_once, train_adapter
+from training.pipeline.steps import FUSED, STACKED_ON, TASKS, fuse_once, train_adapter
 from training.pipeline.webui import ADAPTER, check_webui, install_adapters, install_bundle
 from training.trainer.save import check_folders
 
@@ -137,42 +137,59 @@ def run(args) -> int:
 
 def run_pipeline(settings: PipelineSettings) -> dict | None:
     check_output(settings.out, replace=True, what="pipeline folder")  # before anything loads
-    base = base_model_of(settings)
-    show_plan(settings, plan_steps(settings, base))
+    recipes = read_recipes(settings)
+    base = base_model_of(settings, recipes)
+    show_plan(settings, plan_steps(settings, base, recipes))
     if settings.plan_only:
         return None
     own_folder(settings.out, "pipeline folder")
-    adapters = step_adapters(settings, base)
+    adapters = step_adapters(settings, base, recipes)
     results = step_evaluate(settings, base, adapters)
     if settings.webui:
         step_webui(settings, base, adapters)
     return results
 
 
-def base_model_of(settings: PipelineSettings) -> str:
+def read_recipes(settings: PipelineSettings) -> dict[str, dict]:
+    """{task: recipe} as read from its file: once per run; every config of the run is built from these."""
+    return {task: read_recipe(recipe_source(settings, task)) for task in TASKS}
+
+
+def recipe_source(settings: PipelineSettings, task: str) -> str:
+    return str(BUNDLE_ROOT / settings.spec.recipes[task])
+
+
+def base_model_of(settings: PipelineSettings, recipes: dict[str, dict]) -> str:
     if settings.base_model:
         return str(settings.base_model)
-    recipe = BUNDLE_ROOT / settings.spec.recipes[TASKS[0]]
-    return load_config(recipe, settings.recipe_overrides).model.base_model
+    first = TASKS[0]
+    config = config_from_recipe(recipes[first], recipe_source(settings, first), settings.recipe_overrides)
+    return config.model.base_model
 
 
-def recipe_configs(settings: PipelineSettings, base: str) -> dict:
+def task_overrides(settings: PipelineSettings, base: str, task: str) -> list[str]:
+    """The overrides of `task`'s recipe in this run, the one place they are derived (the plan and the training
+    both take them from here): the base model, the adapter's folder under --out, the user's KEY.PATH=VALUE, and
+    the adapter it is trained on top of (lora.stack_on), in its folder under --out."""
+    overrides = [f"base_model={base}", f"output_dir={settings.spec.adapter_dir(settings.out, task)}",
+                 *settings.recipe_overrides]
+    if task in STACKED_ON:
+        overrides.append(f"lora.stack_on={settings.spec.adapter_dir(settings.out, STACKED_ON[task])}")
+    return overrides
+
+
+def recipe_configs(settings: PipelineSettings, base: str, recipes: dict[str, dict]) -> dict[str, RunConfig]:
     """{task: RunConfig} of the two recipes as this run trains them (folders under --out)."""
-    configs = {}
-    for task in TASKS:
-        under = settings.spec.adapter_dir(settings.out, STACKED_ON[task]) if task in STACKED_ON else None
-        overrides = adapter_overrides(base, settings.spec.adapter_dir(settings.out, task), under,
-                                      settings.recipe_overrides)
-        configs[task] = load_config(BUNDLE_ROOT / settings.spec.recipes[task], overrides)
-    return configs
+    return {task: config_from_recipe(recipes[task], recipe_source(settings, task), task_overrides(settings, base, task))
+            for task in TASKS}
 
 
-def plan_steps(settings: PipelineSettings, base: str) -> list[plan.PlannedStep]:
+def plan_steps(settings: PipelineSettings, base: str, recipes: dict[str, dict]) -> list[plan.PlannedStep]:
     """The steps of this run, each with its estimated memory and time (nothing is loaded).
 
     A step that could not write its output is refused here, before any step runs (check_outputs).
     """
-    configs = recipe_configs(settings, base)
+    configs = recipe_configs(settings, base, recipes)
     check_outputs(settings, configs)
     device = plan.detect_device(settings.gpu_memory_gb)
     model, source = plan.model_config(base, settings.spec.memory_config)
@@ -238,18 +255,16 @@ def show_plan(settings: PipelineSettings, steps: list[plan.PlannedStep]) -> None
     plan.check_fits(steps, device, settings.force)
 
 
-def step_adapters(settings: PipelineSettings, base: str) -> dict[str, Path]:
+def step_adapters(settings: PipelineSettings, base: str, recipes: dict[str, dict]) -> dict[str, Path]:
     """{task: adapter folder} for instrucciones, leyes-ec and fusionado: shipped, reused or trained."""
     if settings.shipped:
         settings.say("adapters: the shipped ones in loras/")
         return settings.shipped
     adapters: dict[str, Path] = {}
     for task in TASKS:
-        out_dir = settings.spec.adapter_dir(settings.out, task)
-        under = adapters.get(STACKED_ON.get(task, ""))
-        overrides = adapter_overrides(base, out_dir, under, settings.recipe_overrides)
-        adapters[task] = train_adapter(BUNDLE_ROOT / settings.spec.recipes[task], out_dir, overrides, under,
-                                       settings.say)
+        under = adapters.get(STACKED_ON.get(task, ""))  # trained just before, in its folder under --out
+        adapters[task] = train_adapter(recipes[task], recipe_source(settings, task),
+                                       task_overrides(settings, base, task), under, settings.say)
     adapters[FUSED] = fuse_once([adapters[task] for task in TASKS], settings.spec.adapter_dir(settings.out, FUSED),
                                 settings.say)
     return adapters

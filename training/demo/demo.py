@@ -29,20 +29,21 @@ import yaml
 from training.adapters.folder import SAFE_WEIGHTS_NAME
 from training.adapters.record import TrainingRecord, read_record
 from training.demo.model import fetch_demo_model
-from training.evaluate.compare import EvaluateSettings, adapter_template, load_model_with_adapters
+from training.evaluate.evaluate import EvaluateSettings, adapter_template, load_model_with_adapters
 from training.evaluate.generate import active_variant, generate_answers
 from training.families import DEMO_FAMILY
 from training.files import BUNDLE_ROOT as BUNDLE
 from training.files import is_ours, mark_as_ours, own_folder
-from training.pipeline.plan import PlannedStep
-from training.pipeline.run import (
+from training.pipeline.pipeline import (
     PipelineSettings,
     PipelineSpec,
     plan_steps,
+    read_recipes,
     show_plan,
     step_adapters,
     step_evaluate,
 )
+from training.pipeline.plan import PlannedStep
 from training.pipeline.steps import FUSED, TASKS
 from training.pipeline.webui import install_adapters, install_bundle
 from training.templates import load_template
@@ -117,14 +118,15 @@ def run_demo(settings: DemoSettings) -> dict:
     adopt_earlier_demo_folder(settings.out)
     pipeline = pipeline_settings(settings)
     model_dir = settings.base_model or Path(settings.out) / "models" / DEMO_MODEL
-    steps = plan_steps(pipeline, str(model_dir))  # checks every output and --webui before anything is made
+    recipes = read_recipes(pipeline)
+    steps = plan_steps(pipeline, str(model_dir), recipes)  # checks every output and --webui before anything is made
     own_folder(settings.out, "demo folder")
     side_by_side = PlannedStep("side by side", f"base vs fused adapter on {len(DEMO_QUESTIONS)} questions")
     show_plan(pipeline, [*steps, side_by_side])
     if settings.base_model is None:
         pipeline.say(f"demo model -> {model_dir}")
         fetch_demo_model(model_dir, replace=True, source=DEMO_MODEL)
-    adapters = step_adapters(pipeline, str(model_dir))
+    adapters = step_adapters(pipeline, str(model_dir), recipes)
     results = step_evaluate(pipeline, str(model_dir), adapters)
     step_side_by_side(model_dir, adapters[FUSED], settings, pipeline.say)
     if settings.webui:
