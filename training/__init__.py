@@ -31,8 +31,9 @@ layer) and this map against README's. Each command lives in a module named after
                   adapter (`stacking`), LoRA dropout drawn once per input (`dropout`), NF4 layers in the
                   autocast dtype (`autocast`), gradient checkpointing `auto` (`checkpointing`)
 3 retrieval/      the article search behind "Fuentes" over datasets/' law corpus, one function for the trainer
-                  and the extension (`analyze`, `query`, `index`, `cache`: by corpus sha256, `search`,
-                  `retrieve`: the `retrieve` command)
+                  and the extension (`analyze`, `query`, `definitions`, `index`, `scoring`, `cache`: by corpus
+                  sha256, `search`, `retrieve`: the `retrieve` command), and the retrieved articles as the
+                  model reads them in training and in the chat (`fuentes`)
 4 trainer/        TRL's SFTTrainer built in one place (`build`), `progress`, Ctrl-C -> checkpoint
                   (`interrupt`), resume only with the recipe the checkpoint recorded (`resume`), the folders a
                   run claims (locked) and leaves (`save`)
