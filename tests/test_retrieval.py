@@ -65,6 +65,22 @@ def test_a_topic_question_finds_its_article_in_the_top_4(warm, question, expecte
     assert expected in keys(retrieve(question, k=4, cache_dir=warm))
 
 
+@pytest.mark.parametrize(("question", "expected"), [
+    ("¿Qué regula el Código del Trabajo?", ("Código del Trabajo", "1")),
+    ("¿Cuál es el objeto de la LOGJCC?", ("Ley Orgánica de Garantías Jurisdiccionales y Control Constitucional", "1")),
+    ("¿Cuál es la finalidad del COIP?", (COIP, "1")),
+])
+def test_a_question_about_what_a_norm_is_for_gets_its_first_article(warm, question, expected):
+    hits = retrieve(question, k=4, cache_dir=warm)
+    assert keys(hits)[0] == expected and hits[0].match == "ambito"
+
+
+def test_a_question_with_a_topic_is_not_taken_for_one_about_the_norm(warm):
+    hits = retrieve("¿Qué dice el COIP sobre el femicidio?", k=4, cache_dir=warm)
+    assert [h.match for h in hits] == ["bm25"] * 4 and all("emicidio" in h.titulo for h in hits[:2])
+    assert (COIP, "1") not in keys(hits)
+
+
 def test_a_named_norm_restricts_the_search(warm):
     hits = retrieve("¿Qué dice el Código Civil sobre el contrato?", k=10, cache_dir=warm)
     assert hits and {h.norma for h in hits} == {"Código Civil"}

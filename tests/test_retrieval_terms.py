@@ -46,6 +46,14 @@ def test_variants_are_suffixes_and_negations_of_a_stem_and_weigh_less():
     assert variants("gratis") == []  # not in the index, no variant either
 
 
+def test_variants_meet_stems_of_one_root_and_the_law_word_for_a_question_word():
+    variants = Variants(["president", "presidencial", "presidi", "reelect", "reeleccion", "requer", "requier"])
+    assert dict(variants("presidencial")) == {"presidencial": 1.0, "president": 0.5}  # "presidi": root too short
+    assert dict(variants("reeleccion")) == {"reeleccion": 1.0, "reelect": 0.5}
+    # "requisitos para ser asambleísta" - "para ser asambleísta se requerirá"
+    assert dict(variants("requisit")) == {"requer": 0.5, "requier": 0.5}
+
+
 def test_a_change_to_the_definition_patterns_makes_the_cached_index_stale(monkeypatch):
     before = index.settings_digest()
     monkeypatch.setattr(definitions, "PATTERNS", [*definitions.PATTERNS, r"^se reputa (\w+)"])

@@ -3,7 +3,10 @@
 The one entry point for the webui extension and the trainer. In order:
 1. refuse bad input (empty, longer than MAX_CHARS, k outside 1..MAX_K) with ValueError, before
    any work, so a 100 KB paste costs nothing;
-2. articles the question cites ("artículo 39 del COIP") come first, exactly, if in the corpus;
+2. articles the question cites ("artículo 39 del COIP") come first, exactly, if in the corpus; a
+   question that names a norm and asks only what it is about ("¿Qué regula el Código del Trabajo?",
+   "¿Cuál es el objeto de la LOGJCC?") gets that norm's article 1 first, where each of the five
+   norms states its object, scope or (the Constitution) what the State is;
 3. then BM25 over article titles, texts and section headings, mixed with the best paragraph's
    (scoring.py; each question stem meets its derivational variants), restricted to the norms the
    question names, derogated articles left out, with a small prior by norm rank for near ties; a
@@ -51,6 +54,8 @@ NORM_PRIOR = {
 LEXICON_SHARE, MIN_SCORE_LEXICON = 0.5, 3.0
 CORPUS_SHARE, MIN_SCORE_CORPUS = 0.6, 4.0
 COVERAGE, MIN_SCORE = 0.7, 6.0
+# the stems of a question that asks what a named norm is about; nothing left at all asks the same
+SCOPE_TERMS = frozenset({"objet", "final", "finalid", "ambit", "proposit", "alcanc", "regul", "aplic", "trat", "contien"})
 DEFINITION_BOOST = 2.0  # a definition question: score x (1 + this x how well the article's definiendum matches)
 
 
@@ -63,7 +68,7 @@ class Hit:
     fecha: str
     edicion: str
     score: float  # BM25 score (with the norm prior); a cited article keeps its own, it comes first anyway
-    match: str  # "cita": the question names this article; "bm25": found by its words
+    match: str  # "cita": the question names this article; "ambito": it asks what the norm is about; "bm25": by its words
 
 
 def check_question(question: object, k: object) -> str:
@@ -88,6 +93,9 @@ def retrieve(question: str, k: int = 4, corpus_dir: str | Path = CORPUS_DIR,
     corpus_norms = index.norms
     cited = [index.by_key[pair] for pair in cited_articles(query, corpus_norms) if pair in index.by_key]
     named = [n for n in query.norms if n in corpus_norms]
+    scope = []
+    if named and not query.citations and set(query.terms) <= SCOPE_TERMS:
+        scope = [index.by_key[(n, "1")] for n in sorted(named) if (n, "1") in index.by_key]
     if query.norms and not named and not cited:
         return []  # it asks about a norm the corpus does not hold: articles of another norm would mislead
     raw = scores(index, query.terms)
@@ -102,12 +110,12 @@ def retrieve(question: str, k: int = 4, corpus_dir: str | Path = CORPUS_DIR,
     if not (query.norms or any(c.norma for c in query.citations) or _is_legal(index, query, ranked, best)
             or definition and _is_defined(index, query.terms)):
         return []
-    order = cited[:k]
+    order = (cited + scope)[:k]
     if len(order) < k and best > 0:
         top = np.argpartition(-ranked, min(k + len(order), len(ranked) - 1))[: k + len(order)]
         order += [int(i) for i in top[np.argsort(-ranked[top], kind="stable")] if ranked[i] > 0 and i not in order]
-    return [_hit(index.articles[i], float(ranked[i] if i not in cited else raw[i]), "cita" if i in cited else "bm25")
-            for i in order[:k]]
+    return [_hit(index.articles[i], float(raw[i] if i in cited or i in scope else ranked[i]),
+                 "cita" if i in cited else "ambito" if i in scope else "bm25") for i in order[:k]]
 
 
 def _is_defined(index: Index, terms: list[str]) -> bool:
