@@ -56,6 +56,8 @@ def test_demo_pipeline_trains_fuses_evaluates_and_installs(tiny_model_dirs, tmp_
     assert (installed / "instruction-templates" / "spanish_ft-Gemma.yaml").is_file()
     output = capsys.readouterr().out
     assert "¿Cuál es la capital de Ecuador?" in output and "fusionado:" in output
+    # the fused adapter answers the legal questions with Fuentes, its articles listed under the answer
+    assert "fuentes:   [1] Constitución de la República del Ecuador, artículo 71" in output
 
     # A second run reuses every finished step.
     run_demo(settings)
@@ -116,6 +118,23 @@ def test_side_by_side_uses_the_repetition_penalty_of_the_fused_adapters_preset()
     preset = yaml.safe_load((BUNDLE / "presets" / "spanish_ft-Gemma.yaml").read_text(encoding="utf-8"))
     assert penalty == preset["repetition_penalty"]
     assert preset_repetition_penalty(BUNDLE / "training") == (None, None)  # no record: plain greedy
+
+
+def test_side_by_side_gives_the_fused_adapter_fuentes_as_the_extension_does():
+    from training.demo.demo import BUNDLE, DEMO_MODEL, DEMO_QUESTIONS, fuentes_k, grounded_questions, sources_lines
+    from training.retrieval.fuentes import HEADER
+
+    assert fuentes_k(BUNDLE / "loras" / f"{DEMO_MODEL}-fusionado") == 3
+    assert fuentes_k(BUNDLE / "loras" / f"{DEMO_MODEL}-instrucciones") is None  # not a law adapter: no Fuentes
+    turns, hits = grounded_questions(DEMO_QUESTIONS, 3)
+    assert turns[0] == DEMO_QUESTIONS[0] and hits[0] == []  # the capital: not a legal question
+    assert turns[2].startswith(HEADER) and turns[2].endswith("Pregunta: " + DEMO_QUESTIONS[2])
+    assert (hits[2][0].norma, hits[2][0].articulo) == ("Constitución de la República del Ecuador", "71")
+    assert grounded_questions(DEMO_QUESTIONS, None) == (DEMO_QUESTIONS, [[], [], [], []])
+    lines = sources_lines("Según el artículo 71 de la Constitución y el artículo 500 del COIP...", hits[2])
+    assert lines[0].startswith("fuentes:   [1] Constitución de la República del Ecuador, artículo 71")
+    assert lines[-1] == "⚠ cita no verificada: artículo 500 de Código Orgánico Integral Penal"
+    assert not any("artículo 71" in line and "no verificada" in line for line in lines)
 
 
 def test_a_demo_folder_of_an_earlier_version_is_adopted_and_a_foreign_one_is_not(tmp_path):

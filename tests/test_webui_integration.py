@@ -79,8 +79,12 @@ def ui_values(webui) -> dict:
 
 
 def render_cli(template: Path, tmp_path: Path) -> str:
+    return render_conversation(template, CONVERSATION, tmp_path)
+
+
+def render_conversation(template: Path, messages: list[dict], tmp_path: Path) -> str:
     conversation = tmp_path / "conversation.json"
-    conversation.write_text(json.dumps(CONVERSATION, ensure_ascii=False), encoding="utf-8")
+    conversation.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "training", "render", str(template), str(conversation),
                            "--generation-prompt"], cwd=ROOT, capture_output=True, text=True, check=True)
     return done.stdout
@@ -155,7 +159,7 @@ def memory_cli(config: Path, method: str, bits: int, seq_len: int, batch: int, r
 
 
 def test_user_paths_in_a_browser(webui):
-    """Profile, guard, comparison and memory panel, driven in headless Chromium like a user would."""
+    """Profile, chat, Fuentes, guard, comparison and memory panel, driven in headless Chromium like a user would."""
     pytest.importorskip("playwright")
     if not shutil.which("chromium") and not Path("/usr/bin/chromium").exists():
         pytest.skip("no Chromium (apt-get install chromium)")
@@ -168,6 +172,7 @@ def test_user_paths_in_a_browser(webui):
         ui_flows.flow_profile(page, TINY, adapter=TINY.singles[0])
         ui_flows.flow_chat(page, max_new_tokens=16)  # the chat the README's screenshot shows
         ui_flows.flow_profile_kept(page)
+        ui_flows.flow_fuentes(page, max_new_tokens=8)  # the tiny model's answer is noise; its sources are not
         ui_flows.flow_guard(page, webui["api"], TINY)
         export = ui_flows.flow_compare(page, webui["api"])
         table = ui_flows.flow_memory(page)
@@ -219,3 +224,32 @@ def test_demo_gemma_answers_in_spanish(demo_webui):
     assert len(words & SPANISH_WORDS) >= 2, answer
     log = demo_webui["log"].read_text()
     assert "<start_of_turn>model" in log[log.rindex("PROMPT="):]  # the Gemma template built the prompt
+
+
+@pytest.mark.slow
+def test_demo_fuentes_prompt_is_the_training_rendering_and_the_answer_cites_only_it(demo_webui, tmp_path):
+    """A legal question through the API with the fused adapter: the prompt the webui gives the model holds the
+    user's turn exactly as training rendered it (the articles, then the question), in the bundle's template;
+    the answer cites no article that was not among them."""
+    sys.path.insert(0, str(ROOT))
+    from training.adapters.record import read_record
+    from training.retrieval.fuentes import citation_check, grounded_turn, sources_for
+
+    question = "¿Qué dice el artículo 71 de la Constitución?"
+    k = read_record(ROOT / "loras" / DEMO.fused).fuentes_k or 3  # the extension's k: the record's, else 3
+    hits, absent = sources_for(question, k)
+    assert [(h.norma, h.articulo) for h in hits][0] == ("Constitución de la República del Ecuador", "71")
+    expected = render_conversation(ROOT / "instruction-templates" / f"{DEMO.template}.yaml",
+                                   [{"role": "user", "content": grounded_turn(question, hits, absent)}], tmp_path)
+    seen = len(demo_webui["log"].read_text())
+    body = {"messages": [{"role": "user", "content": question}], "mode": "instruct",
+            "instruction_template": DEMO.template, "preset": DEMO.preset, "seed": 1, "max_tokens": 200}
+    response = post(demo_webui["api"] + "/v1/chat/completions", body, 900)
+    answer = response["choices"][0]["message"]["content"]
+    print(f"{DEMO.fused}: {answer!r}")
+    log = demo_webui["log"].read_text()[seen:]
+    prompt = log[log.index("PROMPT=") + len("PROMPT="):]
+    # the webui prints the prompt decoded from its token ids, <bos> included
+    assert expected.removeprefix("<bos>") in prompt, prompt[:3000]
+    check = citation_check(answer, hits)
+    assert not check.unverified, f"cites articles it was not given: {check.unverified}: {answer!r}"

@@ -8,9 +8,10 @@ shipped demo adapters (loras/gemma3-270m-*; --demo-model names a converted model
 default $SPANISH_FT_DEMO_MODEL or fetch-demo-model's cached output, scratch_webui.py), starts it
 with the extension, runs the user paths of ui_flows.py (each asserts what the user should see)
 and saves one PNG per path: the profile the extension applies to the fused adapter, an instruct
-chat in Spanish with that profile, the guard against two adapters, the side-by-side comparison
-and the memory table of the loaded model. `--lineup tiny` uses the tiny stand-ins instead (a
-tiny random llama: fast, but its answers are noise; the memory table is Mistral-7B's).
+chat in Spanish with that profile, a legal question answered with its Fuentes, the guard against
+two adapters, the side-by-side comparison and the memory table of the loaded model. `--lineup tiny`
+uses the tiny stand-ins instead (a tiny random llama: fast, but its answers are noise; the memory
+table is Mistral-7B's).
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ import ui_flows  # noqa: E402
 from lineups import DEMO, TINY  # noqa: E402
 from scratch_webui import demo_model_dir, prepare_demo_webui, prepare_webui, running_webui  # noqa: E402
 
+# the last one is written by flow_profile
 SHOTS = ("extension-profile.png", "demo-chat.png", "extension-guard.png", "extension-compare.png",
-         "extension-memory.png", "extension-profile-parameters.png")  # the last one is written by flow_profile
+         "extension-memory.png", "demo-fuentes.png", "extension-profile-parameters.png")
 MAX_BYTES = 500_000
 
 
 def shoot(root: Path, python: str, lineup, out: Path) -> str:
     """Run the user paths in the prepared webui at root, saving SHOTS to out; returns the chat's answer."""
-    profile, chat, guard, compare, memory = (out / name for name in SHOTS[:5])
+    profile, chat, guard, compare, memory, fuentes = (out / name for name in SHOTS[:6])
     with running_webui(root, python, model=lineup.model) as webui, ui_flows.browser_page(webui.ui) as page:
         ui_flows.flow_profile(page, lineup, profile)
         answer = ui_flows.flow_chat(page, shot=chat)
         ui_flows.flow_profile_kept(page)
+        ui_flows.flow_fuentes(page, shot=fuentes)
         ui_flows.flow_guard(page, webui.api, lineup, guard)
         ui_flows.flow_compare(page, webui.api, compare)
         ui_flows.flow_memory(page, memory, source="mistral-7b" if lineup is TINY else "")

@@ -20,6 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 QUESTION = "¿Cuál es la capital de Ecuador?"
+LEGAL_QUESTION = "¿Qué dice el artículo 71 de la Constitución?"
 
 
 @contextlib.contextmanager
@@ -146,6 +147,25 @@ def flow_chat(page, question: str = QUESTION, shot: Path | None = None, max_new_
     if shot:
         page.screenshot(path=str(shot))
     return reply.inner_text()
+
+
+def flow_fuentes(page, question: str = LEGAL_QUESTION, shot: Path | None = None, max_new_tokens: int = 200) -> str:
+    """A legal question in an instruct chat with the law adapter: the answer, then the articles given to the
+    model listed under it (Fuentes), the cited one first, its text expandable; returns the answer's text."""
+    text = flow_chat(page, question, max_new_tokens=max_new_tokens)
+    reply = page.locator("#chat .assistant-message .message-body").last
+    fuentes = reply.locator(".spanish-ft-fuentes")
+    fuentes.wait_for(timeout=30_000)
+    first = fuentes.locator("li").first
+    assert "Constitución de la República del Ecuador, artículo 71" in first.inner_text(), fuentes.inner_text()
+    first.locator("summary").click()  # the user opens the article's text
+    page.wait_for_timeout(300)
+    assert "naturaleza" in first.inner_text().lower()
+    user = page.locator("#chat .user-message .message-body").last.inner_text()
+    assert user.strip() == question  # the chat shows the question as typed, not the prompt with the articles
+    if shot:
+        page.screenshot(path=str(shot))
+    return text
 
 
 def flow_guard(page, api: str, lineup, shot: Path | None = None) -> None:

@@ -9,7 +9,10 @@
 4. the evaluation of base vs each adapter (report in --out/report): losses over every held-out row,
    answers (chrF, citations, seconds per answer) on DEMO_ANSWER_ROWS rows of each split spread
    evenly (the same rows every run); --full-eval answers every row (about 20 minutes on 2 cores);
-5. the answers of the base model and of the fused adapter to a few Spanish questions;
+5. the answers of the base model and of the fused adapter to a few Spanish questions, the fused adapter
+   with Fuentes as the webui extension runs it: a legal question's turn carries the law articles
+   retrieved for it (training/retrieval/fuentes.py), listed under the answer, each citation of an
+   article that was not among them marked «cita no verificada»;
 6. with --webui DIR: the bundle (adapters, templates, presets, extension) and the demo model
    installed into that webui, and the command that starts it.
 
@@ -166,20 +169,61 @@ def preset_repetition_penalty(adapter: Path) -> tuple[str | None, float | None]:
     return name, (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("repetition_penalty")
 
 
+def fuentes_k(adapter: Path) -> int | None:
+    """Articles per question the webui extension gives this adapter (None: Fuentes is off for it): a law
+    adapter of ours (leyes-ec or fused) gets the k of its training record, else 3."""
+    record = read_record(adapter)
+    if record is None or record.task not in ("leyes-ec", FUSED):
+        return None
+    return record.fuentes_k or 3
+
+
+def grounded_questions(questions: list[str], k: int | None) -> tuple[list[str], list[list]]:
+    """Each question's user turn with Fuentes (the question alone where no article applies), and its articles."""
+    if k is None:
+        return list(questions), [[] for _ in questions]
+    from training.retrieval.fuentes import grounded_turn, sources_for
+
+    turns, hits = [], []
+    for question in questions:
+        found, absent = sources_for(question, k)
+        turns.append(grounded_turn(question, found, absent))
+        hits.append(found)
+    return turns, hits
+
+
+def sources_lines(answer: str, hits: list) -> list[str]:
+    """What the chat lists under the answer: the articles given, and the citations that were not among them."""
+    from training.retrieval.fuentes import citation_check
+
+    lines = [f"fuentes:   [{n}] {h.norma}, artículo {h.articulo}" + (f" ({h.titulo})" if h.titulo else "")
+             for n, h in enumerate(hits, start=1)]
+    for citation in citation_check(answer, hits).unverified:
+        lines.append(f"⚠ cita no verificada: artículo {citation.articulo}" + (f" de {citation.norma}"
+                                                                              if citation.norma else ""))
+    return lines
+
+
 def step_side_by_side(model_dir: Path, fused: Path, settings: DemoSettings, say) -> None:
     template = load_template(adapter_template([fused], None))
     model, tokenizer, names = load_model_with_adapters(str(model_dir), [fused], allow_pickle=False)
-    conversations = [[{"role": "user", "content": q}] for q in DEMO_QUESTIONS]
+    k = fuentes_k(fused)
+    turns, hits = grounded_questions(DEMO_QUESTIONS, k)
     preset, penalty = preset_repetition_penalty(fused)
     how = f"greedy, repetition_penalty {penalty} of the preset {preset}" if penalty else "greedy"
-    say(f"base model vs fused adapter ({how})")
+    with_fuentes = f", the fused adapter with Fuentes (k={k})" if k else ""
+    say(f"base model vs fused adapter ({how}{with_fuentes})")
     answers = {}
-    for variant in (None, names[0]):
+    for variant, users in ((None, DEMO_QUESTIONS), (names[0], turns)):
+        conversations = [[{"role": "user", "content": user}] for user in users]
         with active_variant(model, variant):
             answers[variant] = generate_answers(model, tokenizer, template, conversations, settings.max_new_tokens,
                                                 repetition_penalty=penalty)
     for i, question in enumerate(DEMO_QUESTIONS):
-        print(f"\n> {question}\n  base:      {answers[None][i].text}\n  fusionado: {answers[names[0]][i].text}")
+        fused_answer = answers[names[0]][i].text
+        print(f"\n> {question}\n  base:      {answers[None][i].text}\n  fusionado: {fused_answer}")
+        for line in sources_lines(fused_answer, hits[i]):
+            print(f"  {line}")
 
 
 def step_webui(webui: Path, model_dir: Path, adapters: dict[str, Path], say) -> None:
