@@ -54,5 +54,6 @@ def derive(row: dict) -> dict | None:
     # the answer must open by citing this very article, so it answers "what does article N say?"
     if not re.match(rf"(Según el|El) artículo {article}\b", answer):
         return None
-    question = _pick(QUESTIONS, row["id"], "q").format(n=article, de_norma=_pick(NORM_IN_QUESTION[norma], row["id"], "n"))
+    de_norma = _pick(NORM_IN_QUESTION[norma], row["id"], "n")
+    question = _pick(QUESTIONS, row["id"], "q").format(n=article, de_norma=de_norma)
     return {"instruction": question, "input": "", "output": answer, "fuente": dict(fuente), "derivado_de": row["id"]}

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
             count += 1
         added[name] = count
     for name, rows in splits.items():
-        write_text_atomic(args.dataset / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        write_text_atomic(args.dataset / f"{name}.jsonl", lines)
     print(f"derived rows added: train {added['train']}, test {added['test']}")
     return 0
 

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for rank, hit in enumerate(hits, start=1):
         first = hit.titulo or hit.texto.strip().splitlines()[0][:100]
-        how = {"cita": "cited in the question", "ambito": "what the norm is about"}.get(hit.match, f"score {hit.score:.2f}")
+        how = {"cita": "cited in the question", "ambito": "what the norm is about"}.get(
+            hit.match, f"score {hit.score:.2f}")
         print(f"{rank}. {hit.norma}, art. {hit.articulo}: {first} ({how})")
     return 0

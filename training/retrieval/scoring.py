@@ -3,8 +3,9 @@
 A question's stem also meets its derivational variants in the index at VARIANT_WEIGHT: a stem that
 extends it or that it extends by a short suffix ("prohib" - "prohibicion", "embarg" - "embargar"),
 one of the same root with another short ending ("presidencial" - "president"), the law's word for a
-question's word (analyze.PARAPHRASES: "requisit" - "requer") and its negation ("embarg" - "inembarg", "renunci" - "irrenunci"): law text says "inembargable"
-where a person asks whether a salary "puede embargarse". Each term counts once, with the best of
+question's word (analyze.PARAPHRASES: "requisit" - "requer") and its negation ("embarg" -
+"inembarg", "renunci" - "irrenunci"): law text says "inembargable" where a person asks whether a
+salary "puede embargarse". Each term counts once, with the best of
 its own score and its variants' (weighted), so a variant never adds to its term.
 
 An article's score mixes its own BM25 score with that of its best paragraph (PASSAGE_MIX): the

@@ -55,7 +55,8 @@ LEXICON_SHARE, MIN_SCORE_LEXICON = 0.5, 3.0
 CORPUS_SHARE, MIN_SCORE_CORPUS = 0.6, 4.0
 COVERAGE, MIN_SCORE = 0.7, 6.0
 # the stems of a question that asks what a named norm is about; nothing left at all asks the same
-SCOPE_TERMS = frozenset({"objet", "final", "finalid", "ambit", "proposit", "alcanc", "regul", "aplic", "trat", "contien"})
+SCOPE_TERMS = frozenset({"objet", "final", "finalid", "ambit", "proposit", "alcanc", "regul", "aplic", "trat",
+                         "contien"})
 DEFINITION_BOOST = 2.0  # a definition question: score x (1 + this x how well the article's definiendum matches)
 
 
@@ -68,7 +69,8 @@ class Hit:
     fecha: str
     edicion: str
     score: float  # BM25 score (with the norm prior); a cited article keeps its own, it comes first anyway
-    match: str  # "cita": the question names this article; "ambito": it asks what the norm is about; "bm25": by its words
+    # "cita": the question names this article; "ambito": it asks what the norm is about; "bm25": by its words
+    match: str
 
 
 def check_question(question: object, k: object) -> str:

@@ -26,7 +26,8 @@ from training.trainer.resume import RecipeInCheckpoints
 
 
 def build_trainer(config: RunConfig, model, tokenizer, data, device, dtype, callbacks: Sequence, batching):
-    """TRL's SFTTrainer over our tokenised rows; `batching` (training.data.batches.choose_batching) builds the batches."""
+    """TRL's SFTTrainer over our tokenised rows; `batching` (training.data.batches.choose_batching) builds
+    the batches."""
     args = sft_config(config.training, config.work_dir, device, dtype, data.eval is not None, batching.packed)
     score_trained_positions_only()  # the LM head skips prompt and padding positions (see below)
     stopping = [EarlyStoppingCallback(config.training.early_stopping_patience)] if args.load_best_model_at_end else []
@@ -132,8 +133,9 @@ def sft_config(
 # function on the same row (tests/test_lm_head.py checks loss and gradients).
 #
 # TRL decides this with `_use_triton(device)` looked up in trl.trainer.utils; this module makes
-# that lookup true for the CPU as well (score_trained_positions_only). The kernels themselves look `_use_triton` up in their own
-# module (trl.kernels.chunked_logprob), so they keep running torch ops on the CPU. If a TRL
+# that lookup true for the CPU as well (score_trained_positions_only). The kernels themselves look
+# `_use_triton` up in their own module (trl.kernels.chunked_logprob), so they keep running torch ops
+# on the CPU. If a TRL
 # release moves that decision, `score_trained_positions_only()` returns False and the trainer
 # keeps TRL's behaviour (slower, same result).
 
