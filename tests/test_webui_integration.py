@@ -172,8 +172,8 @@ def test_user_paths_in_a_browser(webui):
         ui_flows.flow_profile(page, TINY, adapter=TINY.singles[0])
         ui_flows.flow_chat(page, max_new_tokens=16)  # the chat the README's screenshot shows
         ui_flows.flow_profile_kept(page)
+        ui_flows.flow_guard(page, webui["api"], TINY)  # ends with an exact fusion of the two adapters loaded
         ui_flows.flow_fuentes(page, max_new_tokens=8)  # the tiny model's answer is noise; its sources are not
-        ui_flows.flow_guard(page, webui["api"], TINY)
         export = ui_flows.flow_compare(page, webui["api"])
         table = ui_flows.flow_memory(page)
     assert "**Pregunta:** " + ui_flows.QUESTION in export and "- semilla: `7`" in export
