@@ -9,7 +9,7 @@ The penalty applies, as in the webui, to every token already in the prompt or th
 are generated one prompt at a time. The legal questions carry their Fuentes, as the webui extension
 gives them to this adapter, so the penalty also weighs on the articles' words the answer should
 quote; `grounded` is the share of citing answers whose citations were all among those articles.
-About 2 minutes per value on 2 cores.
+About 2-4 minutes per value on 2 cores.
 """
 
 from __future__ import annotations
