@@ -36,10 +36,11 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from training.adapters.folder import open_adapter  # noqa: E402
-from training.adapters.record import read_record  # noqa: E402
+from training.demo.demo import fuentes_k  # noqa: E402
 from training.evaluate.evaluate import (  # noqa: E402
     BASE,
     adapter_template,
+    answered_rows,
     citation_scores,
     grounding_scores,
     load_base_tokenizer,
@@ -47,6 +48,7 @@ from training.evaluate.evaluate import (  # noqa: E402
     load_task,
     loss_autocast,
     loss_in_steps,
+    task_rows,
 )
 from training.evaluate.generate import active_variant, generate_answers  # noqa: E402
 from training.templates import load_template  # noqa: E402
@@ -79,20 +81,6 @@ def answers(model, tokenizer, template, task, variant: str, rows: list[int], max
     return texts
 
 
-def picked(task, answer_rows: int | None) -> list[int]:
-    total = len(task.references)
-    return list(range(total)) if answer_rows is None or answer_rows >= total else [
-        i * total // answer_rows for i in range(answer_rows)]
-
-
-def subset(task, rows: list[int]):
-    from dataclasses import replace
-
-    return replace(task, questions=[task.questions[i] for i in rows], references=[task.references[i] for i in rows],
-                   sources=[task.sources[i] for i in rows], hits=task.hits and [task.hits[i] for i in rows],
-                   asked=task.asked and [task.asked[i] for i in rows])
-
-
 def gain_kept(scores: dict[str, float], instr: str, fused: str) -> float:
     return (scores[BASE] - scores[fused]) / (scores[BASE] - scores[instr])
 
@@ -107,8 +95,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="only the first N rows of each split (a quick check)")
     args = parser.parse_args()
     started = time.perf_counter()
-    record = read_record(args.fused)
-    k = (record.fuentes_k if record else None) or 3  # the extension's k for this adapter
+    k = fuentes_k(args.fused) or 3  # the extension's k for this adapter
     opened = [open_adapter(args.instrucciones), open_adapter(args.fused)]
     template = load_template(adapter_template([args.fused], None))
     tokenizer = load_base_tokenizer(args.base)
@@ -129,13 +116,13 @@ def main() -> int:
     # answers of the fused adapter: legal ones (citations, grounding) and general ones (chrF)
     for on in (False, True):
         task = tasks["leyes-ec", on]
-        rows = picked(task, args.answer_rows)
+        rows = answered_rows(len(task.references), args.answer_rows)
         texts = answers(model, tokenizer, template, task, fused, rows, args.max_new_tokens)
-        shown = subset(task, rows)
+        shown = task_rows(task, rows)
         scores = citation_scores(texts, shown) | (grounding_scores(texts, shown) if on else {})
         result["leyes-ec"]["fuentes" if on else "sin_fuentes"] = scores | {"answers": texts}
         task = tasks["instrucciones-es", on]
-        rows = picked(task, args.answer_rows)
+        rows = answered_rows(len(task.references), args.answer_rows)
         texts = answers(model, tokenizer, template, task, fused, rows, args.max_new_tokens)
         result["instrucciones-es"]["chrf_" + ("on" if on else "off")] = sacrebleu.corpus_chrf(
             texts, [[task.references[i] for i in rows]]).score

@@ -32,7 +32,7 @@ import yaml
 from training.adapters.folder import SAFE_WEIGHTS_NAME
 from training.adapters.record import TrainingRecord, read_record
 from training.demo.model import fetch_demo_model
-from training.evaluate.evaluate import EvaluateSettings, adapter_template, load_model_with_adapters
+from training.evaluate.evaluate import EvaluateSettings, adapter_template, load_model_with_adapters, with_fuentes
 from training.evaluate.generate import active_variant, generate_answers
 from training.families import DEMO_FAMILY
 from training.files import BUNDLE_ROOT as BUNDLE
@@ -182,14 +182,8 @@ def grounded_questions(questions: list[str], k: int | None) -> tuple[list[str], 
     """Each question's user turn with Fuentes (the question alone where no article applies), and its articles."""
     if k is None:
         return list(questions), [[] for _ in questions]
-    from training.retrieval.fuentes import grounded_turn, sources_for
-
-    turns, hits = [], []
-    for question in questions:
-        found, absent = sources_for(question, k)
-        turns.append(grounded_turn(question, found, absent))
-        hits.append(found)
-    return turns, hits
+    grounded = [with_fuentes([{"role": "user", "content": question}], k) for question in questions]
+    return [conversation[-1]["content"] for conversation, _ in grounded], [hits for _, hits in grounded]
 
 
 def sources_lines(answer: str, hits: list) -> list[str]:

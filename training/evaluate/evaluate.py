@@ -360,13 +360,18 @@ def evaluate(settings: EvaluateSettings) -> dict:
 ROWS_PER_CALL = 8  # rows scored or answered per call: the progress bars move (and estimate the time left) this often
 
 
+def task_rows(task: TaskData, picked: list[int]) -> TaskData:
+    """The task's `picked` rows, for their answers (the loss rows `encoded` stay whole)."""
+    return replace(task, questions=[task.questions[i] for i in picked],
+                   references=[task.references[i] for i in picked], sources=[task.sources[i] for i in picked],
+                   hits=task.hits and [task.hits[i] for i in picked],
+                   asked=task.asked and [task.asked[i] for i in picked])
+
+
 def evaluate_task(model, tokenizer, template, task: TaskData, variants: list[str], max_new_tokens: int,
                   picked: list[int], bf16_loss: bool = False) -> dict:
     """One split: the loss of every variant on every row, and answers on the `picked` rows."""
-    answered = replace(task, questions=[task.questions[i] for i in picked],
-                       references=[task.references[i] for i in picked], sources=[task.sources[i] for i in picked],
-                       hits=task.hits and [task.hits[i] for i in picked],
-                       asked=task.asked and [task.asked[i] for i in picked])
+    answered = task_rows(task, picked)
     entry = {"path": shown_path(task.path), "data_sha256": sha256_file(task.path), "rows": len(task.references),
              "answered_rows": picked, "references": answered.references,
              "questions": [task.asked[i] for i in picked] if task.asked else [q[-1]["content"]
