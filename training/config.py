@@ -62,6 +62,8 @@ class RetrievalSettings:
     k: int = 3
     missing_share: float = 0.2
     corpus: Path | None = None  # resolved like every recipe path; None: the shipped corpus
+    unanswerable: str | None = None  # legal questions the corpus cannot answer (found like dataset.train)
+    distractor_share: float = 0.0  # replayed rows given the best-ranked articles though not legal
 
 
 @dataclass(frozen=True)

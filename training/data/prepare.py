@@ -31,6 +31,7 @@ class SplitReport:
     rows_skipped: int = 0
     rows_dropped: int = 0  # longer than max_tokens
     problems: list[str] = field(default_factory=list)
+    kept: list = field(default_factory=list, repr=False)  # the kept rows as read, in order
 
 
 def load_split(source_name: str, settings: DataSettings, tokenizer, template,
@@ -52,6 +53,7 @@ def load_split(source_name: str, settings: DataSettings, tokenizer, template,
             report.rows_dropped += 1
             continue
         kept.append(encoded)
+        report.kept.append(row)
     report.rows_kept, report.rows_skipped = len(kept), len(report.problems)
     if report.problems and settings.on_error == "raise":
         raise DataError(list_problems(source_name, report.problems)
@@ -83,14 +85,26 @@ def split_eval(rows: list[Encoded], fraction: float, seed: int) -> tuple[list[En
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def sample_replay(settings: DataSettings, tokenizer, template, seed: int) -> tuple[list[Encoded], dict]:
-    """A seeded sample of `dataset.replay.rows` rows of another task, encoded like the train rows."""
+def sample_replay(settings: DataSettings, tokenizer, template, seed: int, ground=None) -> tuple[list[Encoded], dict]:
+    """A seeded sample of `dataset.replay.rows` rows of another task, encoded like the train rows
+    (with `ground`, a Grounder: each with the sources the chat would give it, see Grounder.replayed;
+    one that grows past max_tokens with them keeps its plain turn)."""
     replay = settings.replay
     own = replace(settings, train=replay.train, format=replay.format, replay=None)
     rows, report = load_split(replay.train, own, tokenizer, template)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    picked = [rows[i] for i in sorted(order[: replay.rows])]
+    chosen = sorted(order[: replay.rows])
+    picked = [rows[i] for i in chosen]
+    if ground is not None and hasattr(ground, "replayed"):
+        for place, i in enumerate(chosen):
+            grounded = encode_row(report.kept[i], replay.format, tokenizer, template, ground.replayed)
+            kind = ground.last_replay_kind
+            if kind != "plain" and len(grounded.input_ids) <= settings.max_tokens:
+                picked[place] = grounded
+            else:
+                kind = "plain"
+            ground.replay_kinds[kind] += 1
     record = {
         "train": replay.train,
         "format": replay.format,
@@ -119,7 +133,8 @@ class PreparedData:
 def prepare_data(settings: DataSettings, tokenizer, template, seed: int, ground=None) -> PreparedData:
     """Train and eval datasets (eval from `dataset.eval` or a held-out share of train) and their record.
 
-    `ground` (dataset.retrieval; see encode_row) rewrites this task's rows, never the replayed ones; its
+    `ground` (dataset.retrieval, a Grounder; see encode_row) rewrites this task's rows RAFT-style, gives
+    the replayed ones the sources the chat would give them and adds the unanswerable questions; its
     `record()` goes into the training record.
     """
     train_rows, train_report = load_split(settings.train, settings, tokenizer, template, ground)
@@ -130,8 +145,16 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int, ground=
         train_rows, eval_rows = split_eval(train_rows, settings.eval_fraction, seed)
     replay_record = None
     if settings.replay is not None:  # after the eval split: evaluation stays on this task's own rows
-        replay_rows, replay_record = sample_replay(settings, tokenizer, template, seed)
+        replay_rows, replay_record = sample_replay(settings, tokenizer, template, seed, ground)
         train_rows = train_rows + replay_rows
+    unanswerable_dropped = 0
+    if getattr(ground, "unanswerable", None):  # train split only: they have no reference answer
+        for row in ground.unanswerable_rows():
+            encoded = encode_row(row, "messages", tokenizer, template)
+            if len(encoded.input_ids) > settings.max_tokens:
+                unanswerable_dropped += 1
+                continue
+            train_rows.append(encoded)
     record = {
         "train": settings.train,
         "format": settings.format,
@@ -152,10 +175,15 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int, ground=
         record["replay"] = replay_record
     if ground is not None:
         record["retrieval"] = ground.record()
+        if unanswerable_dropped:
+            record["retrieval"]["unanswerable"]["rows_dropped"] = unanswerable_dropped
     notes = [list_problems(r.source, r.problems) for r in (train_report, eval_report) if r is not None and r.problems]
     notes += [
         f"{r.source}: {r.rows_dropped} row(s) longer than dataset.max_tokens={settings.max_tokens} dropped"
         for r in (train_report, eval_report)
         if r is not None and r.rows_dropped
     ]
+    if unanswerable_dropped:
+        notes.append(f"{ground.unanswerable}: {unanswerable_dropped} unanswerable question(s) longer than "
+                     f"dataset.max_tokens={settings.max_tokens} with their sources dropped")
     return PreparedData(as_dataset(train_rows), as_dataset(eval_rows) if eval_rows else None, record, notes)

@@ -17,9 +17,15 @@ long lists would otherwise crowd out the other articles.
 Training rows (`grounded_row`) follow RAFT (Zhang et al., 2024): the gold article among the
 retrieved ones (put in by hand, at a seeded place, when retrieval misses it), and, for a seeded
 share of rows, the gold article left out and the answer replaced by one that says the articles
-given do not settle the question and cites none; the same answer for a question about a norm whose
-text the corpus does not hold (the turn says so: "[sin texto] <norm>"). `citation_check` tells which citations of an
-answer name an article that was in the prompt.
+given do not settle the question and cites none. Whatever the chat could not ground is answered
+the same way, never from memory: a question about a norm whose text the corpus does not hold (the
+turn says so: "[sin texto] <norm>"; the answer names it), and a legal question retrieval finds
+nothing for (the turn is the question alone; the answer says the text is not at hand). Two more
+kinds of rows come from the recipe (`Grounder`): legal questions the corpus cannot answer
+(`dataset.retrieval.unanswerable`), and replayed rows of the general task with the sources the chat
+would give them, answer unchanged, a share of them with the articles ranked best even when the
+question is not legal (`distractor_share`): the model learns to ignore sources that do not concern
+the question. `citation_check` tells which citations of an answer name an article that was in the prompt.
 """
 
 from __future__ import annotations
@@ -47,6 +53,22 @@ NOT_IN_SOURCES = (
     "tengo a la vista. Revisa la norma aplicable en su versión vigente.",
     "Las fuentes recibidas no resuelven esta consulta. Para responderla con seguridad hace falta el artículo "
     "pertinente, que no está entre ellas.",
+)
+# a legal question retrieval finds nothing for: the turn is the question alone
+NO_TEXT = (
+    "No tengo a la vista el texto de la norma que regula esto, así que no puedo citar un artículo sin riesgo de "
+    "equivocarme. Consulta la norma vigente que corresponda o a un abogado.",
+    "No encuentro entre mis fuentes la norma que trata esta pregunta; prefiero no citar un artículo que no tengo a "
+    "la vista. Revisa la normativa vigente aplicable.",
+    "No tengo el texto legal que responde esta consulta, así que no puedo darte un artículo con seguridad. Te "
+    "conviene revisar la norma aplicable en su versión vigente.",
+)
+# a question about a norm the corpus does not hold ("[sin texto] <norma>" in the turn)
+ABSENT = (
+    "No tengo el texto de {norma} entre las fuentes, así que no puedo decir qué establece sin inventar un "
+    "artículo. Consulta su texto vigente o a un abogado.",
+    "El texto de {norma} no está entre mis fuentes; prefiero no citar artículos suyos que no tengo a la vista. "
+    "Revisa esa norma en su versión vigente.",
 )
 
 
@@ -124,8 +146,9 @@ def grounded_turn(question: str, hits: list[Hit], absent: list[str] | tuple = ()
 class GroundedRow:
     user: str  # the user's turn, sources included
     answer: str
-    # "gold": gold article among the sources; "missing": left out, the answer says so; "absent": the norm
-    # it cites has no text here, the answer says so; "none": no sources, the row as it was
+    # "gold": gold article among the sources; "missing": left out (or the row has none in the corpus), the
+    # answer says the sources do not settle it; "absent": a norm the question names has no text here, the
+    # answer says so; "none": retrieval found nothing, the answer says the text is not at hand
     kind: str
 
 
@@ -146,24 +169,40 @@ def _draw(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _pick(options: tuple[str, ...], seed: int, row_key: str) -> str:
+    return options[int(_draw(seed, "answer:" + row_key) * len(options))]
+
+
+def unsettled_row(question: str, hits: list[Hit], absent: list[str], row_key: str, seed: int,
+                  kind: str | None = None) -> GroundedRow:
+    """A turn whose sources do not answer the question, with the answer that says so and cites nothing:
+    naming the first absent norm, else saying the articles given do not treat it, else (no sources
+    at all) that the norm's text is not at hand."""
+    user = grounded_turn(question, hits, absent)
+    if absent:
+        return GroundedRow(user, _pick(ABSENT, seed, row_key).format(norma=absent[0]), kind or "absent")
+    if hits:
+        return GroundedRow(user, _pick(NOT_IN_SOURCES, seed, row_key), kind or "missing")
+    return GroundedRow(user, _pick(NO_TEXT, seed, row_key), kind or "none")
+
+
 def grounded_row(question: str, answer: str, fuente: dict | None, row_key: str, k: int, missing_share: float,
                  seed: int, corpus_dir=CORPUS_DIR) -> GroundedRow:
     """A leyes-ec row rendered with sources, RAFT-style (module docstring). `fuente`: the row's gold article."""
     hits, absent = sources_for(question, k + 1, corpus_dir)
     gold = article_hit(fuente["norma"], str(fuente["articulo"]), corpus_dir) if fuente else None
     if gold is None and fuente and fuente["norma"] in absent:  # its norm has no text here, and the chat says so
-        pick = int(_draw(seed, "answer:" + row_key) * len(NOT_IN_SOURCES))
-        return GroundedRow(grounded_turn(question, hits[:k], absent), NOT_IN_SOURCES[pick], "absent")
-    if not hits or gold is None:  # not legal to the trigger, or no gold article: as the chat sees it
-        return GroundedRow(grounded_turn(question, hits[:k], absent), answer, "none")
+        return unsettled_row(question, hits[:k], absent, row_key, seed, "absent")
+    if not hits or gold is None:  # the chat would not show the gold article: the answer cannot rest on it
+        return unsettled_row(question, hits[:k], absent, row_key, seed)
 
     def is_gold(hit: Hit) -> bool:
         return (hit.norma, canonical_article(hit.articulo)) == (gold.norma, canonical_article(gold.articulo))
 
     others = [h for h in hits if not is_gold(h)]
     if _draw(seed, "missing:" + row_key) < missing_share:
-        pick = int(_draw(seed, "answer:" + row_key) * len(NOT_IN_SOURCES))
-        return GroundedRow(grounded_turn(question, others[:k], absent), NOT_IN_SOURCES[pick], "missing")
+        return GroundedRow(grounded_turn(question, others[:k], absent), _pick(NOT_IN_SOURCES, seed, row_key),
+                           "missing")
     if any(is_gold(h) for h in hits[:k]):  # retrieval found it: its own order, as in the chat
         return GroundedRow(grounded_turn(question, hits[:k], absent), answer, "gold")
     place = int(_draw(seed, "place:" + row_key) * k)
@@ -172,45 +211,136 @@ def grounded_row(question: str, answer: str, fuente: dict | None, row_key: str, 
     return GroundedRow(grounded_turn(question, sources, absent), answer, "gold")
 
 
+def replayed_turn(question: str, k: int, distractor: bool, corpus_dir=CORPUS_DIR) -> tuple[str, str]:
+    """(user turn, kind) of a replayed row of the general task, whose answer stays as it is: the sources
+    the chat would give it ("sources" when there are any, "plain" when none), or with `distractor` the
+    articles ranked best for its words even when the question is not legal ("distractor")."""
+    try:
+        hits, absent = sources_for(question, k, corpus_dir)
+        if not hits and not absent and distractor:
+            hits = retrieve(question, k, corpus_dir=corpus_dir, only_legal=False)
+            return (grounded_turn(question, hits), "distractor") if hits else (question, "plain")
+    except ValueError:  # longer than retrieval takes (a text to summarise): the chat gives it no sources
+        return question, "plain"
+    return grounded_turn(question, hits, absent), "sources" if hits or absent else "plain"
+
+
 class Grounder:
     """`dataset.retrieval` as encode_row's `ground`: each row's last user turn gets its sources, RAFT-style.
 
-    The row's gold article is its `fuente` ({norma, articulo}; rows without one get the sources the
-    chat would give, answer unchanged). Counts what it made, for the training record.
+    The row's gold article is its `fuente` ({norma, articulo}); a row without one, or whose article the
+    chat would not show, is answered "the sources do not settle it" (`unsettled_row`). `replayed` grounds
+    the replayed rows of the general task, answer unchanged; `unanswerable_rows` gives the recipe's
+    unanswerable questions. Counts what it made, for the training record.
     """
+
+    KINDS = ("gold", "missing", "absent", "none")
+    REPLAY_KINDS = ("plain", "sources", "distractor")
 
     def __init__(self, settings, seed: int):
         self.k, self.missing_share, self.seed = settings.k, settings.missing_share, seed
+        self.distractor_share = getattr(settings, "distractor_share", 0.0)
+        self.unanswerable = getattr(settings, "unanswerable", None)
         self.corpus_dir = settings.corpus or CORPUS_DIR
         self.kinds: Counter = Counter()
+        self.replay_kinds: Counter = Counter()
+        self.unanswerable_kinds: Counter = Counter()
+        self.last_replay_kind = "plain"
 
-    def __call__(self, row: dict, conversation: list[dict]) -> list[dict]:
+    @staticmethod
+    def _turns(conversation: list[dict]) -> tuple[int, int] | None:
+        """(last user turn, its answer), or None when the last user turn has no answer to learn."""
         users = [i for i, message in enumerate(conversation) if message["role"] == "user"]
         answers = [i for i, message in enumerate(conversation) if message["role"] == "assistant" and i > users[-1]]
-        if not answers:  # the last user turn has no answer to learn: the row is left as it is
+        return (users[-1], answers[0]) if answers else None
+
+    @staticmethod
+    def _key(row: dict, question: str) -> str:
+        return row["id"] if isinstance(row.get("id"), str) else hashlib.sha256(question.encode()).hexdigest()
+
+    def __call__(self, row: dict, conversation: list[dict]) -> list[dict]:
+        turns = self._turns(conversation)
+        if turns is None:  # the row is left as it is
             return conversation
-        ask, answer = users[-1], answers[0]
+        ask, answer = turns
         question = conversation[ask]["content"]
         fuente = row.get("fuente")
         if not (isinstance(fuente, dict) and isinstance(fuente.get("norma"), str)
                 and isinstance(fuente.get("articulo"), (str, int))):
             fuente = None
-        key = row["id"] if isinstance(row.get("id"), str) else hashlib.sha256(question.encode()).hexdigest()
-        made = grounded_row(question, conversation[answer]["content"], fuente, key, self.k, self.missing_share,
-                            self.seed, self.corpus_dir)
+        made = grounded_row(question, conversation[answer]["content"], fuente, self._key(row, question), self.k,
+                            self.missing_share, self.seed, self.corpus_dir)
         self.kinds[made.kind] += 1
         conversation = [dict(message) for message in conversation]
         conversation[ask]["content"], conversation[answer]["content"] = made.user, made.answer
         return conversation
 
+    def replayed(self, row: dict, conversation: list[dict]) -> list[dict]:
+        """A replayed row with the sources the chat would give it (a seeded `distractor_share` of them
+        with the best-ranked articles anyway), its answer unchanged; `last_replay_kind` says which."""
+        turns = self._turns(conversation)
+        self.last_replay_kind = "plain"
+        if turns is None:
+            return conversation
+        ask = turns[0]
+        question = conversation[ask]["content"]
+        distractor = _draw(self.seed, "distractor:" + self._key(row, question)) < self.distractor_share
+        user, self.last_replay_kind = replayed_turn(question, self.k, distractor, self.corpus_dir)
+        conversation = [dict(message) for message in conversation]
+        conversation[ask]["content"] = user
+        return conversation
+
+    def unanswerable_rows(self) -> list[dict]:
+        """The recipe's unanswerable questions as `messages` rows: the turn the chat gives each, and the
+        answer that says its sources do not settle it. DataError names a bad row's file and line."""
+        from training.data.read import DataError, RowError, read_source
+
+        source = read_source(self.unanswerable)
+        made, problems = [], []
+        for where, row in source.rows:
+            question = row.get("instruction") if isinstance(row, dict) else None
+            if isinstance(row, RowError) or not isinstance(question, str) or not question.strip():
+                problems.append(f"{self.unanswerable}, {where}: "
+                                + (str(row) if isinstance(row, RowError) else "needs a non-empty 'instruction'"))
+                continue
+            try:
+                hits, absent = sources_for(question, self.k, self.corpus_dir)
+            except ValueError as err:
+                problems.append(f"{self.unanswerable}, {where}: {err}")
+                continue
+            grounded = unsettled_row(question, hits, absent, self._key(row, question), self.seed)
+            self.unanswerable_kinds[grounded.kind] += 1
+            made.append({"messages": [{"role": "user", "content": grounded.user},
+                                      {"role": "assistant", "content": grounded.answer}]})
+        if problems:
+            raise DataError(f"dataset.retrieval.unanswerable: {len(problems)} bad row(s):\n"
+                            + "\n".join(f"  {p}" for p in problems[:20]))
+        if not made:
+            raise DataError(f"dataset.retrieval.unanswerable: {self.unanswerable} has no rows")
+        self.unanswerable_sha256 = source.sha256
+        return made
+
     def summary(self) -> str:
-        return (f"k={self.k}: {self.kinds['gold']} rows with the gold article, {self.kinds['missing']} without it, "
+        text = (f"k={self.k}: {self.kinds['gold']} rows with the gold article, {self.kinds['missing']} without it, "
                 f"{self.kinds['absent']} citing a norm with no text here, {self.kinds['none']} with no sources")
+        if self.unanswerable_kinds:
+            text += f"; {sum(self.unanswerable_kinds.values())} unanswerable questions"
+        if self.replay_kinds:
+            text += (f"; replayed rows: {self.replay_kinds['sources']} with the chat's sources, "
+                     f"{self.replay_kinds['distractor']} with distractors, {self.replay_kinds['plain']} as they were")
+        return text
 
     def record(self) -> dict:
-        return {"k": self.k, "missing_share": self.missing_share,
-                "corpus_sha256": corpus_sha256(read_manifest(self.corpus_dir)),
-                "rows": {kind: self.kinds[kind] for kind in ("gold", "missing", "absent", "none")}}
+        record = {"k": self.k, "missing_share": self.missing_share,
+                  "corpus_sha256": corpus_sha256(read_manifest(self.corpus_dir)),
+                  "rows": {kind: self.kinds[kind] for kind in self.KINDS}}
+        if self.unanswerable_kinds:
+            record["unanswerable"] = {"file": self.unanswerable, "sha256": self.unanswerable_sha256,
+                                      "rows": {kind: self.unanswerable_kinds[kind] for kind in self.KINDS[1:]}}
+        if self.replay_kinds:
+            record["replayed"] = {"distractor_share": self.distractor_share,
+                                  "rows": {kind: self.replay_kinds[kind] for kind in self.REPLAY_KINDS}}
+        return record
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,9 @@ def check_question(question: object, k: object) -> str:
 
 
 def retrieve(question: str, k: int = 4, corpus_dir: str | Path = CORPUS_DIR,
-             cache_dir: str | Path | None = None) -> list[Hit]:
-    """Up to k articles for a legal question, cited articles first; [] for a question that is not legal."""
+             cache_dir: str | Path | None = None, only_legal: bool = True) -> list[Hit]:
+    """Up to k articles for a legal question, cited articles first; [] for a question that is not legal
+    (`only_legal=False`: the best-ranked articles anyway, as distractors for training rows)."""
     check_question(question, k)
     index = load_index(corpus_dir, cache_dir)
     query = parse(question)
@@ -109,8 +110,8 @@ def retrieve(question: str, k: int = 4, corpus_dir: str | Path = CORPUS_DIR,
     if named:
         ranked = ranked * np.isin(index.norm_of, [index.norms.index(n) for n in named])
     best = float(ranked.max(initial=0.0))
-    if not (query.norms or any(c.norma for c in query.citations) or _is_legal(index, query, ranked, best)
-            or definition and _is_defined(index, query.terms)):
+    if only_legal and not (query.norms or any(c.norma for c in query.citations)
+                           or _is_legal(index, query, ranked, best) or definition and _is_defined(index, query.terms)):
         return []
     order = (cited + scope)[:k]
     if len(order) < k and best > 0:
