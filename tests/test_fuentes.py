@@ -242,8 +242,8 @@ def test_unanswerable_questions_and_distractors_are_added_and_recorded(tmp_path,
     assert data.record["rows_kept"] == 10 + 2 + 2
     texts = [tokenizer.decode(ids) for ids in data.train["input_ids"]]
     mining = next(t for t in texts if "Ley de Minería" in t)
-    assert "[sin texto] Ley de Minería" in mining and "No tengo el texto de Ley de Minería" in mining \
-        or "El texto de Ley de Minería no está" in mining
+    assert "[sin texto] Ley de Minería" in mining and ("No tengo el texto de Ley de Minería" in mining
+        or "No tengo a la vista el texto de Ley de Minería" in mining)
     assert not find_citations(mining.split("Pregunta: ")[1])
     drone = next(t for t in texts if "dron" in t)
     assert HEADER not in drone and any(answer in drone for answer in NO_TEXT)

@@ -45,14 +45,17 @@ ARTICLE_CHARS = 800
 CUT = "[…]"
 HEADER = "Fuentes (leyes del Ecuador; cita solo estos artículos):"
 QUESTION = "Pregunta: "
-# answers of the rows whose gold article was left out: they cite nothing (seeded choice per row)
+# The answers of rows whose sources do not settle the question (seeded choice per row). They all open
+# with "No": spread over several openings, the mass of a small model's first answer token went to the
+# "Según el artículo" of the many answered rows (measured on the held-out unanswerable questions).
+# rows whose gold article was left out, or whose sources do not hold it
 NOT_IN_SOURCES = (
-    "Los artículos de las fuentes no tratan esta pregunta, así que no puedo responderla con base en ellos. "
+    "No puedo responder esta pregunta con base en las fuentes: los artículos recibidos no la tratan. "
     "Consulta el texto vigente de la norma que corresponda o a un abogado.",
-    "Ninguno de los artículos proporcionados responde a esta pregunta; prefiero no citar un artículo que no "
-    "tengo a la vista. Revisa la norma aplicable en su versión vigente.",
-    "Las fuentes recibidas no resuelven esta consulta. Para responderla con seguridad hace falta el artículo "
-    "pertinente, que no está entre ellas.",
+    "No encuentro la respuesta en los artículos proporcionados; prefiero no citar un artículo que no tengo a la "
+    "vista. Revisa la norma aplicable en su versión vigente.",
+    "No está entre las fuentes el artículo que resolvería esta consulta, así que no puedo responderla con "
+    "seguridad. Revisa la norma pertinente en su versión vigente.",
 )
 # a legal question retrieval finds nothing for: the turn is the question alone
 NO_TEXT = (
@@ -67,7 +70,7 @@ NO_TEXT = (
 ABSENT = (
     "No tengo el texto de {norma} entre las fuentes, así que no puedo decir qué establece sin inventar un "
     "artículo. Consulta su texto vigente o a un abogado.",
-    "El texto de {norma} no está entre mis fuentes; prefiero no citar artículos suyos que no tengo a la vista. "
+    "No tengo a la vista el texto de {norma}; prefiero no citar artículos suyos que no puedo leer. "
     "Revisa esa norma en su versión vigente.",
 )
 
