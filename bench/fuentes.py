@@ -8,7 +8,7 @@
    index already loaded; median, p95 and max against the 150 ms budget, beside retrieval alone.
 2. With --base/--adapter: the 10 held-out questions the corpus cannot answer
    (bench/heldout/leyes-sin-fuente.jsonl), answered greedily with Fuentes through the
-   adapter's template: an answer passes when it cites no article and says the sources or the text do
+   adapter's template, with its preset's repetition penalty as the webui applies it (--no-preset: without): an answer passes when it cites no article and says the sources or the text do
    not settle it. Target: 8 of 10.
 The last line is one JSON object.
 """
@@ -63,7 +63,7 @@ def latency() -> dict:
             "within_budget": p95 <= BUDGET_MS}
 
 
-def unanswerable(base: str, adapter: str, max_new_tokens: int) -> dict:
+def unanswerable(base: str, adapter: str, max_new_tokens: int, preset: bool = True) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -78,13 +78,21 @@ def unanswerable(base: str, adapter: str, max_new_tokens: int) -> dict:
     model = load_peft_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), folder, "a").eval()
     asked = questions(ROOT / "bench" / "heldout" / "leyes-sin-fuente.jsonl")
     conversations = [[{"role": "user", "content": ground(q, K).user}] for q in asked]
-    answers = [a.text for a in generate_answers(model, tokenizer, template, conversations, max_new_tokens)]
+    penalty = None
+    if preset:  # as the webui answers: the repetition penalty of the preset the adapter names
+        from training.demo.demo import preset_repetition_penalty
+
+        penalty = preset_repetition_penalty(Path(adapter))[1]
+    print(f"greedy answers, repetition penalty {penalty or 1.0}")
+    answers = [a.text for a in generate_answers(model, tokenizer, template, conversations, max_new_tokens,
+                                                repetition_penalty=penalty)]
     rows = [{"question": q, "answer": a, "cites": [list(c) for c in find_citations(a)],
              "says_so": bool(SAYS_SO.search(a))} for q, a in zip(asked, answers, strict=True)]
     passed = sum(not row["cites"] and row["says_so"] for row in rows)
     for row in rows:
         print(f"- {row['question']}\n  {'ok ' if not row['cites'] and row['says_so'] else 'NO '} {row['answer']}")
-    return {"unanswerable_passed": passed, "unanswerable_total": len(rows), "target": 8}
+    return {"unanswerable_passed": passed, "unanswerable_total": len(rows), "target": 8,
+            "repetition_penalty": penalty or 1.0}
 
 
 def main() -> int:
@@ -92,13 +100,15 @@ def main() -> int:
     parser.add_argument("--base", help="base model folder (with --adapter: the unanswerable questions)")
     parser.add_argument("--adapter", help="adapter folder (leyes-ec or fusionado)")
     parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--no-preset", action="store_true",
+                        help="plain greedy answers (default: the repetition penalty of the adapter's preset, as the webui)")
     args = parser.parse_args()
     result = latency()
     print(f"Fuentes per chat turn ({result['questions']} held-out questions): median "
           f"{result['turn_median_ms']:.1f} ms, p95 {result['turn_p95_ms']:.1f} ms, max {result['turn_max_ms']:.1f} ms "
           f"(budget {BUDGET_MS} ms); retrieval alone median {result['retrieve_median_ms']:.1f} ms")
     if args.base and args.adapter:
-        result |= unanswerable(args.base, args.adapter, args.max_new_tokens)
+        result |= unanswerable(args.base, args.adapter, args.max_new_tokens, not args.no_preset)
         print(f"questions the corpus cannot answer: {result['unanswerable_passed']} of "
               f"{result['unanswerable_total']} answered without an article and saying so (target 8)")
     print(json.dumps(result))
