@@ -264,7 +264,7 @@ def test_a_bad_unanswerable_file_is_named_with_its_line(tmp_path, repo_root):
     settings = _settings(tmp_path, unanswerable, 0.0, [("Calcula 12 más 30.", "42.")])
     tokenizer = build_tokenizer("falcon")
     template = load_template(repo_root / "instruction-templates" / "spanish_ft-Falcon.yaml")
-    with pytest.raises(DataError, match=r"sin\.jsonl, line 2: needs a non-empty 'instruction'"):
+    with pytest.raises(DataError, match=r"sin\.jsonl: 1 bad row\(s\):\n  line 2: needs a non-empty .instruction."):
         prepare_data(settings, tokenizer, template, seed=3, ground=Grounder(settings.retrieval, seed=3))
 
 

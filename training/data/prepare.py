@@ -117,6 +117,37 @@ def sample_replay(settings: DataSettings, tokenizer, template, seed: int, ground
     return picked, record
 
 
+def load_unanswerable(ground, max_tokens: int, tokenizer, template) -> tuple[list[Encoded], int, str]:
+    """(encoded rows, how many were longer than max_tokens and dropped, the file's sha256) of
+    `dataset.retrieval.unanswerable`: {id, instruction} rows, each with the sources the chat gives it
+    and the answer that says they do not settle it (Grounder.unanswerable_row). Bad rows: DataError
+    naming each one's file and line."""
+    source = read_source(ground.unanswerable)
+    kept, problems, dropped = [], [], 0
+    for where, row in source.rows:
+        question = row.get("instruction") if isinstance(row, dict) else None
+        if isinstance(row, RowError) or not isinstance(question, str) or not question.strip():
+            problems.append(f"{where}: " + (str(row) if isinstance(row, RowError) else "needs a non-empty 'instruction'"))
+            continue
+        key = row["id"] if isinstance(row.get("id"), str) else f"{ground.unanswerable}:{where}"
+        try:
+            conversation = ground.unanswerable_row(question, key)
+        except ValueError as err:  # retrieval refuses it (too long)
+            problems.append(f"{where}: {err}")
+            continue
+        encoded = encode_row({"messages": conversation}, "messages", tokenizer, template)
+        if len(encoded.input_ids) > max_tokens:
+            dropped += 1
+            continue
+        kept.append(encoded)
+    if problems:
+        raise DataError("dataset.retrieval.unanswerable: " + list_problems(ground.unanswerable, problems))
+    if not kept:
+        raise DataError(f"dataset.retrieval.unanswerable: {ground.unanswerable}: no usable row "
+                        f"({dropped} longer than dataset.max_tokens={max_tokens})")
+    return kept, dropped, source.sha256
+
+
 def as_dataset(rows: list[Encoded]):
     """A datasets.Dataset with the `input_ids` and `labels` columns the trainer reads."""
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
@@ -147,14 +178,11 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int, ground=
     if settings.replay is not None:  # after the eval split: evaluation stays on this task's own rows
         replay_rows, replay_record = sample_replay(settings, tokenizer, template, seed, ground)
         train_rows = train_rows + replay_rows
-    unanswerable_dropped = 0
+    unanswerable_dropped, unanswerable_sha256 = 0, None
     if getattr(ground, "unanswerable", None):  # train split only: they have no reference answer
-        for row in ground.unanswerable_rows():
-            encoded = encode_row(row, "messages", tokenizer, template)
-            if len(encoded.input_ids) > settings.max_tokens:
-                unanswerable_dropped += 1
-                continue
-            train_rows.append(encoded)
+        unanswerable_rows, unanswerable_dropped, unanswerable_sha256 = load_unanswerable(
+            ground, settings.max_tokens, tokenizer, template)
+        train_rows = train_rows + unanswerable_rows
     record = {
         "train": settings.train,
         "format": settings.format,
@@ -175,8 +203,8 @@ def prepare_data(settings: DataSettings, tokenizer, template, seed: int, ground=
         record["replay"] = replay_record
     if ground is not None:
         record["retrieval"] = ground.record()
-        if unanswerable_dropped:
-            record["retrieval"]["unanswerable"]["rows_dropped"] = unanswerable_dropped
+        if unanswerable_sha256:
+            record["retrieval"]["unanswerable"].update(sha256=unanswerable_sha256, rows_dropped=unanswerable_dropped)
     notes = [list_problems(r.source, r.problems) for r in (train_report, eval_report) if r is not None and r.problems]
     notes += [
         f"{r.source}: {r.rows_dropped} row(s) longer than dataset.max_tokens={settings.max_tokens} dropped"

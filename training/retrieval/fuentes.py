@@ -293,35 +293,12 @@ class Grounder:
         conversation[ask]["content"] = user
         return conversation
 
-    def unanswerable_rows(self) -> list[dict]:
-        """The recipe's unanswerable questions as `messages` rows: the turn the chat gives each, and the
-        answer that says its sources do not settle it. DataError names a bad row's file and line."""
-        from training.data.read import DataError, RowError, read_source
-
-        source = read_source(self.unanswerable)
-        made, problems = [], []
-        for where, row in source.rows:
-            question = row.get("instruction") if isinstance(row, dict) else None
-            if isinstance(row, RowError) or not isinstance(question, str) or not question.strip():
-                problems.append(f"{self.unanswerable}, {where}: "
-                                + (str(row) if isinstance(row, RowError) else "needs a non-empty 'instruction'"))
-                continue
-            try:
-                hits, absent = sources_for(question, self.k, self.corpus_dir)
-            except ValueError as err:
-                problems.append(f"{self.unanswerable}, {where}: {err}")
-                continue
-            grounded = unsettled_row(question, hits, absent, self._key(row, question), self.seed)
-            self.unanswerable_kinds[grounded.kind] += 1
-            made.append({"messages": [{"role": "user", "content": grounded.user},
-                                      {"role": "assistant", "content": grounded.answer}]})
-        if problems:
-            raise DataError(f"dataset.retrieval.unanswerable: {len(problems)} bad row(s):\n"
-                            + "\n".join(f"  {p}" for p in problems[:20]))
-        if not made:
-            raise DataError(f"dataset.retrieval.unanswerable: {self.unanswerable} has no rows")
-        self.unanswerable_sha256 = source.sha256
-        return made
+    def unanswerable_row(self, question: str, row_key: str) -> list[dict]:
+        """One of the recipe's unanswerable questions as a conversation: the turn the chat gives it, and
+        the answer that says its sources do not settle it (ValueError: a question retrieval refuses)."""
+        grounded = unsettled_row(question, *sources_for(question, self.k, self.corpus_dir), row_key, self.seed)
+        self.unanswerable_kinds[grounded.kind] += 1
+        return [{"role": "user", "content": grounded.user}, {"role": "assistant", "content": grounded.answer}]
 
     def summary(self) -> str:
         text = (f"k={self.k}: {self.kinds['gold']} rows with the gold article, {self.kinds['missing']} without it, "
@@ -338,7 +315,7 @@ class Grounder:
                   "corpus_sha256": corpus_sha256(read_manifest(self.corpus_dir)),
                   "rows": {kind: self.kinds[kind] for kind in self.KINDS}}
         if self.unanswerable_kinds:
-            record["unanswerable"] = {"file": self.unanswerable, "sha256": self.unanswerable_sha256,
+            record["unanswerable"] = {"file": self.unanswerable,
                                       "rows": {kind: self.unanswerable_kinds[kind] for kind in self.KINDS[1:]}}
         if self.replay_kinds:
             record["replayed"] = {"distractor_share": self.distractor_share,
