@@ -176,17 +176,16 @@ def _pick(options: tuple[str, ...], seed: int, row_key: str) -> str:
     return options[int(_draw(seed, "answer:" + row_key) * len(options))]
 
 
-def unsettled_row(question: str, hits: list[Hit], absent: list[str], row_key: str, seed: int,
-                  kind: str | None = None) -> GroundedRow:
+def unsettled_row(question: str, hits: list[Hit], absent: list[str], row_key: str, seed: int) -> GroundedRow:
     """A turn whose sources do not answer the question, with the answer that says so and cites nothing:
     naming the first absent norm, else saying the articles given do not treat it, else (no sources
     at all) that the norm's text is not at hand."""
     user = grounded_turn(question, hits, absent)
     if absent:
-        return GroundedRow(user, _pick(ABSENT, seed, row_key).format(norma=absent[0]), kind or "absent")
+        return GroundedRow(user, _pick(ABSENT, seed, row_key).format(norma=absent[0]), "absent")
     if hits:
-        return GroundedRow(user, _pick(NOT_IN_SOURCES, seed, row_key), kind or "missing")
-    return GroundedRow(user, _pick(NO_TEXT, seed, row_key), kind or "none")
+        return GroundedRow(user, _pick(NOT_IN_SOURCES, seed, row_key), "missing")
+    return GroundedRow(user, _pick(NO_TEXT, seed, row_key), "none")
 
 
 def grounded_row(question: str, answer: str, fuente: dict | None, row_key: str, k: int, missing_share: float,
@@ -194,9 +193,7 @@ def grounded_row(question: str, answer: str, fuente: dict | None, row_key: str, 
     """A leyes-ec row rendered with sources, RAFT-style (module docstring). `fuente`: the row's gold article."""
     hits, absent = sources_for(question, k + 1, corpus_dir)
     gold = article_hit(fuente["norma"], str(fuente["articulo"]), corpus_dir) if fuente else None
-    if gold is None and fuente and fuente["norma"] in absent:  # its norm has no text here, and the chat says so
-        return unsettled_row(question, hits[:k], absent, row_key, seed, "absent")
-    if not hits or gold is None:  # the chat would not show the gold article: the answer cannot rest on it
+    if not hits or gold is None:  # the chat would not show the gold article (or says its norm has no text here)
         return unsettled_row(question, hits[:k], absent, row_key, seed)
 
     def is_gold(hit: Hit) -> bool:
@@ -242,8 +239,7 @@ class Grounder:
 
     def __init__(self, settings, seed: int):
         self.k, self.missing_share, self.seed = settings.k, settings.missing_share, seed
-        self.distractor_share = getattr(settings, "distractor_share", 0.0)
-        self.unanswerable = getattr(settings, "unanswerable", None)
+        self.distractor_share, self.unanswerable = settings.distractor_share, settings.unanswerable
         self.corpus_dir = settings.corpus or CORPUS_DIR
         self.kinds: Counter = Counter()
         self.replay_kinds: Counter = Counter()
