@@ -122,7 +122,11 @@ def load_unanswerable(ground, max_tokens: int, tokenizer, template) -> tuple[lis
     `dataset.retrieval.unanswerable`: {id, instruction} rows, each with the sources the chat gives it
     and the answer that says they do not settle it (Grounder.unanswerable_row). Bad rows: DataError
     naming each one's file and line."""
-    source = read_source(ground.unanswerable)
+    try:
+        source = read_source(ground.unanswerable)
+    except DataError as err:  # its wording names dataset.train; say which key holds the path
+        raise DataError(f"dataset.retrieval.unanswerable: {err}".replace(
+            "fix dataset.train / dataset.eval", "fix dataset.retrieval.unanswerable")) from err
     kept, problems, dropped = [], [], 0
     for where, row in source.rows:
         question = row.get("instruction") if isinstance(row, dict) else None
